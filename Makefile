@@ -1,0 +1,53 @@
+# modelmake: thin wrapper. Everything runs inside .venv; the build graph lives in dodo.py.
+#   make all    set up .venv + pinned deps + llama.cpp toolchain, then build every model
+#   make test   the test suite (sets up first, like `make all`)
+#   make bench  benchmarks (tables on stdout, JSON under artifacts/bench/)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.modelmake-installed
+TOOLCHAIN_VERSION := $(shell sed -n 's/^VERSION = "\(.*\)"/\1/p' tasks/toolchain.py)
+TOOLCHAIN := .toolchain/llama.cpp-$(TOOLCHAIN_VERSION)/.complete
+
+.PHONY: all setup test bench lint lock clean distclean
+
+all: setup
+	$(VENV)/bin/doit
+
+setup: $(STAMP) $(TOOLCHAIN)
+
+$(STAMP): requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "setup: installing pinned dependencies (llama-cpp-python compiles llama.cpp on first install: ~5-7 min)"
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.lock
+	@touch $@
+
+$(TOOLCHAIN): $(STAMP) tasks/toolchain.py
+	$(PY) -m tasks.toolchain
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) -m benchmarks
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+# Re-pin requirements.lock from requirements.in in a scratch venv.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install -q -r requirements.in
+	{ echo "# Exact pins of every dependency (pip freeze of a venv installed from requirements.in)."; \
+	  echo "# Regenerate: make lock"; \
+	  .venv-lock/bin/pip freeze | sed 's/^torch==\(.*\)+cpu$$/torch==\1/' | grep -iv '^llama.cpp.python'; \
+	  grep -i '^llama-cpp-python' requirements.in; } > requirements.lock
+	rm -rf .venv-lock
+
+clean:
+	rm -rf artifacts .doit.db
+
+distclean: clean
+	rm -rf $(VENV) .toolchain

@@ -1,0 +1,196 @@
+"""Content-keyed stages: the DVC idea (dvc.lock) applied to doit tasks.
+
+A stage's key is the SHA256 of what determines its output: the stage kind and code version,
+its parameters, the digests of its input files and the toolchain identity. Its manifest
+records that key and the digest of every output. A stage is fresh when the manifest's key
+equals the key of today's inputs and every recorded output still has its recorded digest.
+That decision reads no mtime and no .doit.db, so artifacts restored from a CI cache, with new
+mtimes and no doit state, count as built once their digests check out.
+
+Run protocol (`run_stage`): take the stage's lock, re-check freshness (another build may have
+just finished it), delete the old manifest, build outputs via write-then-rename, write
+`.sha256` sidecars, write the manifest last. A build killed at any point leaves no manifest
+that matches, so the next run rebuilds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasks import atomic
+from tasks.hashing import cache_for, sha256_bytes
+
+MANIFEST_FORMAT = 1
+
+
+@dataclass
+class Stage:
+    """One buildable unit: a doit task's inputs, parameters, outputs and manifest."""
+
+    task: str  # doit task name, e.g. "merge:demo"
+    kind: str  # stage kind, selects the build function
+    version: int  # bump when the stage's code changes what it writes
+    artifacts: Path  # artifacts root; manifests store paths relative to it
+    manifest: Path
+    log: Path
+    params: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Path] = field(default_factory=dict)  # role -> file or directory
+    outputs: tuple[Path, ...] = ()  # files or directories the build must produce
+    toolchain: str | None = None
+    model: str | None = None
+    doc: str = ""
+
+    # ---- keys -------------------------------------------------------------------------
+    def input_digests(self) -> dict[str, str]:
+        """Role -> digest; roles, not paths, so the key does not depend on where the tree lives."""
+        cache = cache_for(self.artifacts)
+        digests = {}
+        for role, path in sorted(self.inputs.items()):
+            digests[role] = cache.tree_sha256(path) if path.is_dir() else cache.sha256(path)
+        return digests
+
+    def key(self) -> str:
+        doc = {
+            "stage": self.kind,
+            "version": self.version,
+            "params": self.params,
+            "inputs": self.input_digests(),
+            "toolchain": self.toolchain,
+        }
+        return sha256_bytes(json.dumps(doc, sort_keys=True).encode())
+
+    def rel(self, path: Path) -> str:
+        return path.resolve().relative_to(self.artifacts).as_posix()
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest as written, or None if missing or unreadable (treated as not built)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None
+
+
+def stale_reason(stage: Stage) -> str | None:
+    """Why `stage` must run, or None when it is fresh."""
+    manifest = read_manifest(stage.manifest)
+    if manifest is None:
+        return "not built"
+    missing = [role for role, p in stage.inputs.items() if not p.exists()]
+    if missing:
+        return f"input missing: {', '.join(missing)}"
+    if manifest.get("key") != stage.key():
+        return "inputs, parameters or toolchain changed"
+    cache = cache_for(stage.artifacts)
+    recorded = manifest.get("outputs", {})
+    for out in stage.outputs:
+        if stage.rel(out) not in recorded and not any(r.startswith(stage.rel(out) + "/") for r in recorded):
+            return f"output not recorded: {stage.rel(out)}"
+    for rel, rec in recorded.items():
+        path = stage.artifacts / rel
+        if not path.is_file():
+            return f"output missing: {rel}"
+        if path.stat().st_size != rec["size"] or cache.sha256(path) != rec["sha256"]:
+            return f"output changed on disk: {rel}"
+    return None
+
+
+def is_fresh(stage: Stage) -> bool:
+    """doit `uptodate` callable."""
+    return stale_reason(stage) is None
+
+
+def _output_files(stage: Stage) -> list[Path]:
+    files: list[Path] = []
+    for out in stage.outputs:
+        if out.is_dir():
+            files.extend(sorted(p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")))
+        elif out.is_file():
+            files.append(out)
+        else:
+            raise RuntimeError(f"{stage.task}: build finished without writing {out}")
+    return files
+
+
+def _write_sidecars(stage: Stage, digests: dict[Path, str]) -> list[Path]:
+    """`<file>.sha256` beside each output file, `<dir>.sha256` beside each output directory,
+    in `sha256sum -c` format (run from the containing directory)."""
+    sidecars = []
+    for out in stage.outputs:
+        if out.is_dir():
+            lines = [f"{digests[p]}  {out.name}/{p.relative_to(out).as_posix()}\n" for p in digests if out in p.parents]
+        else:
+            lines = [f"{digests[out]}  {out.name}\n"]
+        sidecar = out.with_name(out.name + ".sha256")
+        atomic.write_text(sidecar, "".join(sorted(lines, key=lambda s: s.split("  ", 1)[1])))
+        sidecars.append(sidecar)
+    return sidecars
+
+
+@contextlib.contextmanager
+def stage_lock(stage: Stage) -> Iterator[None]:
+    """Serialise builds of one stage across processes (two `make all` at once)."""
+    lock_path = stage.manifest.with_name(f".{stage.manifest.stem}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            print(f"modelmake: {stage.task}: another build (pid {holder}) holds {lock_path}; waiting", file=sys.stderr)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_stage(stage: Stage, build: Callable[[Stage], None], log: Callable[[str], None] = print) -> bool:
+    """Build `stage` unless fresh; return True if it was built. See module docstring."""
+    with stage_lock(stage):
+        reason = stale_reason(stage)
+        if reason is None:
+            log(f"{stage.task}: up to date")
+            return False
+        log(f"{stage.task}: building ({reason})")
+        key = stage.key()
+        with contextlib.suppress(FileNotFoundError):
+            stage.manifest.unlink()
+        for out in stage.outputs:
+            atomic.remove_stale_temps(out.parent)
+        build(stage)
+        files = _output_files(stage)
+        cache = cache_for(stage.artifacts)
+        digests = cache.sha256_many(files)
+        files += _write_sidecars(stage, digests)
+        digests = cache.sha256_many(files)
+        if stage.key() != key:
+            raise RuntimeError(f"{stage.task}: inputs changed while building; run the build again")
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "task": stage.task,
+            "stage": stage.kind,
+            "version": stage.version,
+            "key": key,
+            "params": stage.params,
+            "inputs": stage.input_digests(),
+            "toolchain": stage.toolchain,
+            "outputs": {stage.rel(p): {"sha256": digests[p], "size": p.stat().st_size} for p in sorted(files)},
+        }
+        atomic.write_text(stage.manifest, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        log(f"{stage.task}: built")
+        return True

@@ -1,0 +1,81 @@
+"""doit reporter: one line per failure, and a summary table of every artifact at the end."""
+
+from __future__ import annotations
+
+from doit.reporter import ConsoleReporter
+
+from tasks.manifest import Stage, read_manifest
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+class SummaryReporter(ConsoleReporter):
+    desc = "modelmake summary"
+
+    def initialize(self, tasks, selected_tasks):
+        self.tasks = tasks
+        self.executed: set[str] = set()
+        self.failed: set[str] = set()
+        self.ran: set[str] = set()
+
+    def execute_task(self, task):
+        self.ran.add(task.name)
+        super().execute_task(task)
+
+    def skip_uptodate(self, task):
+        self.ran.add(task.name)
+        super().skip_uptodate(task)
+
+    def add_success(self, task):
+        if task.actions:
+            self.executed.add(task.name)
+
+    def add_failure(self, task, fail):
+        self.failed.add(task.name)
+        stage = (task.meta or {}).get("stage")
+        where = f" (log: {stage.log})" if isinstance(stage, Stage) else f": {fail.get_msg().strip().splitlines()[-1]}"
+        self.write(f"modelmake: FAILED {task.name}{where}\n")
+
+    def complete_run(self):
+        if self.runtime_errors:
+            self.write("modelmake: " + " ".join(e.strip() for e in self.runtime_errors) + "\n")
+        rows = []
+        for name in sorted(self.ran):
+            stage = (self.tasks[name].meta or {}).get("stage") if name in self.tasks else None
+            if not isinstance(stage, Stage):
+                continue
+            status = "FAILED" if name in self.failed else "built" if name in self.executed else "up to date"
+            manifest = read_manifest(stage.manifest) or {}
+            outputs = manifest.get("outputs", {})
+            for out in stage.outputs:
+                rel = stage.rel(out)
+                recs = {
+                    k: v for k, v in outputs.items()
+                    if (k == rel or k.startswith(rel + "/")) and not k.endswith(".sha256")
+                }
+                size = sum(r["size"] for r in recs.values())
+                digest = recs[rel]["sha256"][:12] if rel in recs else f"{len(recs)} files" if recs else "-"
+                rows.append((stage.model or "-", rel + ("/" if out.suffix == "" and len(recs) > 1 else ""),
+                             human_size(size) if recs else "-", digest, status))
+        if not rows:
+            return
+        headers = ("model", "artifact", "size", "sha256", "status")
+        widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "\n"
+        self.write("\n" + fmt.format(*headers) + fmt.format(*("-" * w for w in widths)))
+        for r in rows:
+            self.write(fmt.format(*r))
+        built = sum(1 for r in rows if r[4] == "built")
+        if self.failed:
+            self.write(f"{len(self.failed)} task(s) failed; see the lines above.\n")
+        elif built:
+            self.write(f"{built} artifact(s) built, {len(rows) - built} up to date.\n")
+        else:
+            self.write(f"Nothing to rebuild: all {len(rows)} artifacts up to date.\n")
