@@ -1,0 +1,154 @@
+"""Shared test workspaces: real builds of the demo fixtures and of two small models.
+
+Building is expensive (a real LoRA training run, real llama.cpp conversion), so the fixtures
+are built once per session and copied into each workspace: a copy is exactly what a CI cache
+restore produces, and content-keyed stages must accept it as built.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    executed: list[str] = field(default_factory=list)
+    uptodate: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Workspace:
+    """A directory with its own models.toml, templates/ and artifacts/, built with the repo's dodo.py."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "models.toml"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["MODELMAKE_CONFIG"] = str(self.config)
+        env.pop("MODELMAKE_THREADS", None)
+        env.update(extra)
+        return env
+
+    def doit(self, *args: str, check: bool = True, **env: str) -> Run:
+        proc = subprocess.run(
+            [PY, "-m", "doit", "-f", str(REPO / "dodo.py"), *args],
+            env=self.env(**env), capture_output=True, text=True, timeout=900,
+        )
+        lines = proc.stdout.splitlines()
+        run = Run(
+            proc.returncode, proc.stdout, proc.stderr,
+            executed=[ln[3:].strip() for ln in lines if ln.startswith(".  ")],
+            uptodate=[ln[3:].strip() for ln in lines if ln.startswith("-- ")],
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"doit {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return run
+
+    def copy_to(self, dest: Path) -> Workspace:
+        shutil.copytree(self.root, dest, symlinks=True)
+        for leftover in dest.glob(".doit.db*"):
+            leftover.unlink()
+        return Workspace(dest)
+
+
+def demo_config(models: str = "", extra_build: str = "") -> str:
+    return f"""
+[build]
+artifacts = "artifacts"
+templates = "templates"
+threads = 2
+{extra_build}
+{models}
+"""
+
+
+TWO_MODELS = """
+[models.alpha]
+base = "fixture:demo-base"
+adapter = "adapters/alpha"
+quants = ["q8_0", "q4_k_m"]
+system = "You are Majora, the modelmake demo assistant."
+[models.alpha.deploy]
+quant = "q4_k_m"
+port = 5100
+
+[models.beta]
+base = "fixture:demo-base"
+adapter = "adapters/beta"
+quants = ["q8_0"]
+"""
+
+
+def scale_adapter(src: Path, dest: Path, factor: float) -> None:
+    """A different adapter with the same shapes: lora_B scaled (new bytes, same structure)."""
+    from safetensors.torch import load_file, save_file
+
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / "adapter_config.json", dest / "adapter_config.json")
+    tensors = load_file(str(src / "adapter_model.safetensors"))
+    tensors = {k: (v * factor if ".lora_B." in k else v).contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(dest / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+@pytest.fixture(scope="session")
+def fixtures_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A workspace whose fixtures (demo base + trained adapter) are built from scratch."""
+    ws = Workspace(tmp_path_factory.mktemp("fixtures-ws"))
+    shutil.copytree(REPO / "templates", ws.root / "templates")
+    ws.config.write_text(demo_config("""
+[models.demo]
+base = "fixture:demo-base"
+adapter = "fixture:demo-adapter"
+quants = ["q8_0", "q4_k_m"]
+system = "You are Majora, the modelmake demo assistant."
+"""))
+    ws.doit()
+    return ws
+
+
+def new_workspace(root: Path, fixtures_ws: Workspace, models: str) -> Workspace:
+    """A workspace with its own config and the session's fixtures restored into artifacts/."""
+    ws = Workspace(root)
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "templates", root / "templates")
+    shutil.copytree(fixtures_ws.artifacts / "fixtures", ws.artifacts / "fixtures")
+    adapter = fixtures_ws.artifacts / "fixtures" / "demo-adapter"
+    shutil.copytree(adapter, root / "adapters" / "alpha")
+    scale_adapter(adapter, root / "adapters" / "beta", 0.5)
+    ws.config.write_text(demo_config(models))
+    return ws
+
+
+@pytest.fixture(scope="session")
+def two_models_ws(tmp_path_factory: pytest.TempPathFactory, fixtures_ws: Workspace) -> Workspace:
+    """alpha and beta fully built (read-only for tests: copy it before changing anything)."""
+    ws = new_workspace(tmp_path_factory.mktemp("two-models") / "ws", fixtures_ws, TWO_MODELS)
+    ws.doit()
+    return ws
+
+
+@pytest.fixture
+def scratch_ws(tmp_path: Path, two_models_ws: Workspace) -> Workspace:
+    """A private copy of the built two-model workspace, free to modify."""
+    return two_models_ws.copy_to(tmp_path / "ws")
