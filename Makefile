@@ -11,7 +11,7 @@ STAMP := $(VENV)/.modelmake-installed
 TOOLCHAIN_VERSION := $(shell sed -n 's/^VERSION = "\(.*\)"/\1/p' tasks/toolchain.py)
 TOOLCHAIN := .toolchain/llama.cpp-$(TOOLCHAIN_VERSION)/.complete
 
-.PHONY: all setup test bench lint lock clean distclean
+.PHONY: all setup test bench lint lock clean distclean report
 
 all: setup
 	$(VENV)/bin/doit
@@ -32,6 +32,10 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks
+
+# Quantization report: artifacts/report/<model>.{json,md,png} and compare.{json,md} (runs the checks first).
+report: setup
+	$(VENV)/bin/doit report
 
 lint: setup
 	$(VENV)/bin/ruff check .

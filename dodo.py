@@ -6,6 +6,7 @@ stages from tasks/ into doit; see tasks/graph.py for why freshness is content-ke
 
 import sys
 
+from tasks import deploy_tasks
 from tasks.config import load_config
 from tasks.errors import UserError
 from tasks.graph import lock_task, tasks_of_kind
@@ -31,6 +32,14 @@ def task_fixture():
     yield from tasks_of_kind(CONFIG, "fixture")
 
 
+def task_fetch():
+    """Fetch remote adapters and bases (SSH, Hugging Face Hub) into artifacts/sources/, verified."""
+    for task in tasks_of_kind(CONFIG, "fetch"):
+        # Always run: the remote may have changed. Downstream stays content-keyed, so identical
+        # bytes rebuild nothing (tasks/fetch_stage.py).
+        yield {**task, "uptodate": [False]}
+
+
 def task_adapter():
     """Check a model's LoRA adapter and record its hashes."""
     yield from tasks_of_kind(CONFIG, "adapter")
@@ -54,6 +63,46 @@ def task_quantize():
 def task_render():
     """Render a model's Ollama Modelfile and LM Studio config from templates/."""
     yield from tasks_of_kind(CONFIG, "render")
+
+
+def task_check():
+    """Check every GGUF against the merged model (validity, parity, adapter survival) and gate its quants."""
+    yield from tasks_of_kind(CONFIG, "check")
+
+
+def task_report():
+    """Measure runtime and write artifacts/report/ (per model + side by side): `make report`."""
+    yield from tasks_of_kind(CONFIG, "report")
+
+
+def task_plan():
+    """Memory plan: largest context per quant and hardware profile; fails early if a deployment cannot fit."""
+    yield from deploy_tasks.plan_tasks(CONFIG)
+
+
+def task_deploy():
+    """Deploy a model to its targets: `ollama create` (if installed), LM Studio install (with backup)."""
+    yield from deploy_tasks.deploy_tasks(CONFIG)
+
+
+def task_rollback():
+    """Restore the LM Studio installation that the last deploy of a model replaced."""
+    yield from deploy_tasks.rollback_tasks(CONFIG)
+
+
+def task_serve():
+    """Start llama.cpp's OpenAI-compatible server for a model (127.0.0.1:<deploy.port>)."""
+    yield from deploy_tasks.serve_tasks(CONFIG)
+
+
+def task_stop():
+    """Stop a model's llama.cpp server."""
+    yield from deploy_tasks.stop_tasks(CONFIG)
+
+
+def task_health():
+    """Check a model's files and live server: healthy / degraded / unhealthy (JSON in artifacts/run/)."""
+    yield from deploy_tasks.health_tasks(CONFIG)
 
 
 def task_lock():

@@ -10,11 +10,23 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from tasks.deploy_config import (
+    DEFAULT_TARGETS,
+    EXTRA_DEPLOY_KEYS,
+    HardwareProfile,
+    HealthSpec,
+    LMStudioSpec,
+    VLLMSpec,
+    check_references,
+    parse_deploy_extras,
+    parse_hardware,
+)
 from tasks.errors import UserError
+from tasks.gates import parse_gates
 from tasks.quant_types import NEEDS_IMATRIX, OUTTYPES, QUANT_FTYPES, buildable_quants
 
 # A model name becomes a directory under artifacts/ and a doit task suffix: keep it boring.
@@ -23,10 +35,11 @@ FIXTURE_PREFIX = "fixture:"
 REPO = Path(__file__).resolve().parent.parent
 MERGE_ENGINES = ("peft", "stream")
 
-BUILD_KEYS = {"artifacts", "templates", "threads"}
-MODEL_KEYS = {"base", "adapter", "outtype", "quants", "merge", "system", "deploy"}
+BUILD_KEYS = {"artifacts", "templates", "threads", "webhook"}
+MODEL_KEYS = {"base", "adapter", "outtype", "quants", "merge", "system", "deploy", "gates"}
 DEPLOY_KEYS = {"port", "context", "quant", "temperature", "top_p", "top_k", "repeat_penalty", "publisher"}
-TOP_KEYS = {"build", "defaults", "models"}
+DEPLOY_KEYS |= EXTRA_DEPLOY_KEYS  # targets, hardware, lmstudio, vllm, health, ...: tasks/deploy_config.py
+TOP_KEYS = {"build", "defaults", "models", "hardware"}
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,10 @@ class Source:
     spec: str  # as written in models.toml
     path: Path
     fixture: str | None = None  # name of the fixture task that produces `path`, if any
+    # A remote source (tasks.sources.spec.SshRemote | HubRemote): `path` is then the snapshot under
+    # artifacts/sources/<model>/<role>/ that the `fetch_task` stage writes.
+    remote: Any = None
+    fetch_task: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,15 @@ class DeploySpec:
     top_k: int | None = None
     repeat_penalty: float | None = None
     publisher: str = "modelmake"
+    # Deployment targets and their settings, validated by tasks/deploy_config.py.
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+    hardware: str | None = None  # a [hardware.<name>] profile the GGUF deployment must fit on
+    host: str = "127.0.0.1"
+    stop: tuple[str, ...] = ()
+    ollama_template: Path | None = None  # explicit Go template instead of the detected one
+    lmstudio: LMStudioSpec = field(default_factory=LMStudioSpec)
+    vllm: VLLMSpec = field(default_factory=VLLMSpec)
+    health: HealthSpec = field(default_factory=HealthSpec)
 
 
 @dataclass(frozen=True)
@@ -60,6 +86,7 @@ class ModelSpec:
     merge: str
     system: str | None
     deploy: DeploySpec
+    gates: dict[str, Any] = field(default_factory=dict)  # resolved by tasks.gates.parse_gates
 
 
 @dataclass(frozen=True)
@@ -70,6 +97,8 @@ class Config:
     templates: Path  # Jinja templates for the render stage
     threads: int
     models: dict[str, ModelSpec] = field(default_factory=dict)
+    webhook: str | None = None  # [build] webhook: POST a summary on success or failure (tasks.notify)
+    hardware: dict[str, HardwareProfile] = field(default_factory=dict)  # [hardware.<name>] profiles
 
     def fixture_dir(self, name: str) -> Path:
         return self.artifacts / "fixtures" / name
@@ -101,6 +130,9 @@ def load_config(path: Path | None = None, *, check_paths: bool = True) -> Config
     if check_paths and not templates.is_dir():
         raise UserError(f"{where}: build.templates: directory not found: {templates}")
     threads = _typed(build.get("threads", min(os.cpu_count() or 1, 8)), int, where, "build.threads")
+    webhook = build.get("webhook")
+    if webhook is not None and not re.match(r"^https?://[^\s]+$", _typed(webhook, str, where, "build.webhook")):
+        raise UserError(f"{where}: build.webhook: expected an http:// or https:// URL, got {webhook!r}")
     if threads < 1:
         raise UserError(f"{where}: build.threads: must be at least 1, got {threads}")
     env_threads = os.environ.get("MODELMAKE_THREADS")
@@ -114,7 +146,8 @@ def load_config(path: Path | None = None, *, check_paths: bool = True) -> Config
     models_raw = _table(raw.get("models", {}), where, "models")
     if not models_raw:
         raise UserError(f"{where}: models: no model defined (add a [models.<name>] table)")
-    config = Config(path=path, root=root, artifacts=artifacts, templates=templates, threads=threads)
+    config = Config(path=path, root=root, artifacts=artifacts, templates=templates, threads=threads, webhook=webhook)
+    config.hardware.update(parse_hardware(raw.get("hardware", {}), where))
     seen: dict[str, str] = {}
     for name, entry in models_raw.items():
         key = f"models.{name}"
@@ -136,8 +169,11 @@ def load_config(path: Path | None = None, *, check_paths: bool = True) -> Config
         merged = {**defaults, **_table(entry, where, key)}
         if "deploy" in defaults or "deploy" in entry:
             merged["deploy"] = {**defaults.get("deploy", {}), **entry.get("deploy", {})}
+        if isinstance(defaults.get("gates"), dict) and isinstance(entry.get("gates", {}), dict):
+            merged["gates"] = {**defaults["gates"], **entry.get("gates", {})}
         config.models[name] = _model(config, name, merged, where, check_paths)
     _check_ports(config, where)
+    check_references(config, where)
     return config
 
 
@@ -146,7 +182,9 @@ def _model(config: Config, name: str, raw: dict[str, Any], where: str, check_pat
     _check_keys(raw, MODEL_KEYS, where, key + ".")
     for required in ("base", "adapter"):
         if required not in raw:
-            raise UserError(f"{where}: {key}.{required}: missing (a local path or 'fixture:<name>')")
+            raise UserError(
+                f"{where}: {key}.{required}: missing (a local path, 'fixture:<name>', ssh://... or hf://...)"
+            )
     outtype = _typed(raw.get("outtype", "f16"), str, where, f"{key}.outtype").lower()
     if outtype not in OUTTYPES:
         raise UserError(f"{where}: {key}.outtype: {outtype!r} is not one of {', '.join(OUTTYPES)}")
@@ -165,22 +203,24 @@ def _model(config: Config, name: str, raw: dict[str, Any], where: str, check_pat
         if q in quants:
             raise UserError(f"{where}: {key}.quants[{i}]: {q!r} is listed twice")
         quants.append(q)
-    merge = _typed(raw.get("merge", "peft"), str, where, f"{key}.merge")
+    merge = _typed(raw.get("merge", "stream"), str, where, f"{key}.merge")
     if merge not in MERGE_ENGINES:
         raise UserError(f"{where}: {key}.merge: {merge!r} is not one of {', '.join(MERGE_ENGINES)}")
     system = raw.get("system")
     if system is not None:
         system = _typed(system, str, where, f"{key}.system")
     deploy = _deploy(raw.get("deploy", {}), quants, where, f"{key}.deploy")
+    deploy = replace(deploy, **parse_deploy_extras(raw.get("deploy", {}), quants, config.root, where, f"{key}.deploy"))
     return ModelSpec(
         name=name,
-        base=_source(config, raw["base"], where, f"{key}.base", check_paths),
-        adapter=_source(config, raw["adapter"], where, f"{key}.adapter", check_paths),
+        base=_source(config, raw["base"], where, f"{key}.base", check_paths, name, "base"),
+        adapter=_source(config, raw["adapter"], where, f"{key}.adapter", check_paths, name, "adapter"),
         outtype=outtype,
         quants=tuple(quants),
         merge=merge,
         system=system,
         deploy=deploy,
+        gates=parse_gates(raw.get("gates", {}), outtype, tuple(quants), where, f"{key}.gates"),
     )
 
 
@@ -219,7 +259,16 @@ def _deploy(raw: Any, quants: list[str], where: str, key: str) -> DeploySpec:
     return DeploySpec(**values)
 
 
-def _source(config: Config, raw: Any, where: str, key: str, check_paths: bool) -> Source:
+def _source(
+    config: Config, raw: Any, where: str, key: str, check_paths: bool, model: str = "", role: str = ""
+) -> Source:
+    from tasks.sources.spec import is_remote, parse_remote  # light: parsing only
+
+    if is_remote(raw):
+        # Fetched by the fetch:<model>-<role> stage into a snapshot that downstream stages read.
+        remote = parse_remote(raw, where, key, config.root, check_paths)
+        return Source(spec=remote.url, path=config.artifacts / "sources" / model / role, remote=remote,
+                      fetch_task=f"fetch:{model}-{role}")
     spec = _typed(raw, str, where, key)
     if spec.startswith(FIXTURE_PREFIX):
         from tasks.fixtures import FIXTURES  # light: a name -> builder-path table
@@ -228,8 +277,6 @@ def _source(config: Config, raw: Any, where: str, key: str, check_paths: bool) -
         if name not in FIXTURES:
             raise UserError(f"{where}: {key}: unknown fixture {name!r} (valid: {', '.join(sorted(FIXTURES))})")
         return Source(spec=spec, path=config.fixture_dir(name), fixture=name)
-    if "://" in spec:
-        raise UserError(f"{where}: {key}: remote sources ({spec.split('://')[0]}://) are not supported yet")
     path = (config.root / spec).resolve()
     if check_paths and not path.is_dir():
         raise UserError(f"{where}: {key}: directory not found: {path}")

@@ -16,6 +16,7 @@ from typing import Any
 from doit.action import CmdAction
 
 from tasks.config import Config
+from tasks.deploy_config import needs_gguf
 from tasks.lockfile import lock_content, lock_path, render_lock, write_lock
 from tasks.manifest import Stage, is_fresh
 from tasks.stages import REPO, all_stages, upstream
@@ -41,6 +42,8 @@ def tasks_of_kind(config: Config, base: str) -> Iterator[dict[str, Any]]:
         yield stage_task(config, stage)
     if base == "quantize":
         for m in config.models.values():
+            if not needs_gguf(m.deploy):
+                continue  # vLLM-only: no GGUF, no quantize tasks
             yield {
                 "name": m.name,
                 "doc": f"all quantizations of {m.name} ({', '.join(m.quants) or 'none'})",
@@ -61,6 +64,7 @@ def lock_task(config: Config) -> dict[str, Any]:
         "doc": "Write models.lock: every artifact's key and SHA256 (the default task builds everything).",
         "actions": [(write_lock, [config, stages], {})],
         "uptodate": [current],
-        "task_dep": [f"render:{m}" for m in config.models],
+        "task_dep": [f"plan:{m}" for m in config.models] + [f"render:{m}" for m in config.models]
+        + [f"check:{m}" for m, spec in config.models.items() if needs_gguf(spec.deploy)],
         "verbosity": 2,
     }

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import atomic
+from tasks.errors import UserError
 from tasks.hashing import cache_for, sha256_bytes
 
 MANIFEST_FORMAT = 1
@@ -159,14 +160,27 @@ def stage_lock(stage: Stage) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def run_stage(stage: Stage, build: Callable[[Stage], None], log: Callable[[str], None] = print) -> bool:
-    """Build `stage` unless fresh; return True if it was built. See module docstring."""
+def run_stage(
+    stage: Stage,
+    build: Callable[[Stage], None],
+    log: Callable[[str], None] = print,
+    precheck: Callable[[Stage], None] | None = None,
+) -> bool:
+    """Build `stage` unless fresh; return True if it was built. See module docstring.
+
+    `precheck` validates inputs before anything else, for stages that can say more precisely
+    than "input missing" what is wrong (an adapter saved as pickle, say)."""
     with stage_lock(stage):
         reason = stale_reason(stage)
         if reason is None:
             log(f"{stage.task}: up to date")
             return False
         log(f"{stage.task}: building ({reason})")
+        if precheck is not None:
+            precheck(stage)
+        for role, path in sorted(stage.inputs.items()):
+            if not path.exists():
+                raise UserError(f"input {role} not found: {path}")
         key = stage.key()
         with contextlib.suppress(FileNotFoundError):
             stage.manifest.unlink()

@@ -1,15 +1,19 @@
 """The quantize stage: F16/BF16 GGUF -> one llama.cpp quantization, through llama.cpp's C API.
 
+The C call runs in a child process: a signal that arrives while llama.cpp holds the thread is
+otherwise lost (measured: Ctrl-C during llama_model_quantize did nothing), and the stage must
+stop on Ctrl-C and remove its temporary output. The child also sends llama.cpp's per-tensor
+log lines (written from C to fd 2) to the stage log.
+
 The thread count is a build setting, not part of the key: llama.cpp's quantization is
 deterministic across thread counts (tested), so it only changes how fast the same bytes appear.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import os
-from collections.abc import Iterator
+import subprocess
+import sys
 from pathlib import Path
 
 from tasks import atomic, toolchain
@@ -18,34 +22,37 @@ from tasks.manifest import Stage
 from tasks.quant_types import QUANT_FTYPES
 
 
-@contextlib.contextmanager
-def native_stderr_to(log: Path) -> Iterator[None]:
-    """llama.cpp logs per-tensor lines on fd 2 from C: send them to the stage log."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    saved = os.dup(2)
-    with open(log, "ab") as fh:
-        os.dup2(fh.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-def quantize(src: Path, dst: Path, qtype: str, threads: int, log: Path) -> None:
-    toolchain.check_runtime()
+def quantize_in_process(src: Path, dst: Path, qtype: str, threads: int) -> int:
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_FTYPES[qtype]
     params.nthread = threads
-    with native_stderr_to(log):
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    return llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+
+
+def quantize(src: Path, dst: Path, qtype: str, threads: int, log: Path) -> None:
+    toolchain.check_runtime()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "tasks.quantize", str(src), str(dst), qtype, str(threads)]
+    with open(log, "ab") as log_fh:
+        proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, cwd=Path(__file__).parent.parent)
+        try:
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
     if rc != 0:
-        raise UserError(f"{src}: llama.cpp failed to quantize to {qtype} (code {rc}; log: {log})")
+        raise UserError(f"{src}: llama.cpp failed to quantize to {qtype} (exit {rc}; log: {log})")
 
 
 def build(stage: Stage, threads: int) -> None:
     (final,) = stage.outputs
     with atomic.atomic_file(final) as tmp:
         quantize(stage.inputs["gguf"], tmp, stage.params["type"], threads, stage.log)
+
+
+if __name__ == "__main__":
+    src, dst, qtype, nthreads = sys.argv[1:5]
+    sys.exit(quantize_in_process(Path(src), Path(dst), qtype, int(nthreads)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from doit.reporter import ConsoleReporter
 
 from tasks.manifest import Stage, read_manifest
@@ -24,6 +26,7 @@ class SummaryReporter(ConsoleReporter):
         self.executed: set[str] = set()
         self.failed: set[str] = set()
         self.ran: set[str] = set()
+        self.started = time.time()
 
     def execute_task(self, task):
         self.ran.add(task.name)
@@ -52,6 +55,8 @@ class SummaryReporter(ConsoleReporter):
             if not isinstance(stage, Stage):
                 continue
             status = "FAILED" if name in self.failed else "built" if name in self.executed else "up to date"
+            if status == "built" and stage.kind == "fetch" and not _written_since(stage, self.started):
+                status = "up to date"  # fetch tasks always run; they count as built only when bytes changed
             manifest = read_manifest(stage.manifest) or {}
             outputs = manifest.get("outputs", {})
             for out in stage.outputs:
@@ -64,18 +69,38 @@ class SummaryReporter(ConsoleReporter):
                 digest = recs[rel]["sha256"][:12] if rel in recs else f"{len(recs)} files" if recs else "-"
                 rows.append((stage.model or "-", rel + ("/" if out.suffix == "" and len(recs) > 1 else ""),
                              human_size(size) if recs else "-", digest, status))
+        built = sum(1 for r in rows if r[4] == "built")
+        table: list[str] = []
+        if rows:
+            headers = ("model", "artifact", "size", "sha256", "status")
+            widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+            fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+            table = [fmt.format(*r).rstrip() for r in [headers, tuple("-" * w for w in widths), *rows]]
+        if self.failed or self.runtime_errors or rows:
+            from tasks.notify import notify_run  # light; a failing webhook only warns
+
+            notify_run(not (self.failed or self.runtime_errors), _project(), table, sorted(self.failed), built,
+                       len(rows), self.write)
         if not rows:
             return
-        headers = ("model", "artifact", "size", "sha256", "status")
-        widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-        fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "\n"
-        self.write("\n" + fmt.format(*headers) + fmt.format(*("-" * w for w in widths)))
-        for r in rows:
-            self.write(fmt.format(*r))
-        built = sum(1 for r in rows if r[4] == "built")
+        self.write("\n" + "".join(line + "\n" for line in table))
         if self.failed:
             self.write(f"{len(self.failed)} task(s) failed; see the lines above.\n")
         elif built:
             self.write(f"{built} artifact(s) built, {len(rows) - built} up to date.\n")
         else:
             self.write(f"Nothing to rebuild: all {len(rows)} artifacts up to date.\n")
+
+
+def _written_since(stage: Stage, since: float) -> bool:
+    try:
+        return stage.manifest.stat().st_mtime >= since
+    except FileNotFoundError:
+        return False
+
+
+def _project() -> str:
+    """The directory holding models.toml: what a notification names the build by."""
+    from tasks.config import default_config_path
+
+    return default_config_path().parent.name

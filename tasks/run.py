@@ -8,6 +8,7 @@ is one line on stderr with exit code 2 instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,13 +37,35 @@ def builder(stage: Stage, threads: int):
     if kind == "render":
         from tasks import render
         return render.build
+    if kind == "check":
+        from tasks import check_stage
+        return check_stage.build
+    if kind in ("report", "report-compare"):
+        from tasks import report
+        return report.build if kind == "report" else report.build_compare
     if kind in ("tiny-base", "lora-train"):
         from tasks.fixtures import build_stage
         return build_stage.build
     raise RuntimeError(f"no builder for stage kind {kind!r}")
 
 
+def precheck(stage: Stage):
+    """Input validation that must run before the generic "input missing" check."""
+    if stage.kind == "adapter":
+        from tasks import adapter_check
+        return lambda s: adapter_check.check_adapter(s.inputs["adapter_config"].parent)
+    return None
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C and `kill` must unwind through the write-then-rename contexts so temporaries are removed,
+    # even when the parent started us with SIGINT ignored (background jobs, CI runners).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(prog="python -m tasks.run", description=__doc__)
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("task")
@@ -61,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(msg, file=sys.stderr, flush=True)
 
             start = time.monotonic()
-            built = run_stage(stage, builder(stage, config.threads), log)
+            if stage.kind == "fetch":  # contacts the source every run; see tasks/fetch_stage.py
+                from tasks.fetch_stage import run_fetch
+
+                built = run_fetch(config, stage, log)
+            else:
+                built = run_stage(stage, builder(stage, config.threads), log, precheck(stage))
             if built:
                 log(f"{stage.task}: {time.monotonic() - start:.1f}s")
     except UserError as exc:

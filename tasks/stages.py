@@ -11,8 +11,11 @@ from pathlib import Path
 
 from tasks import toolchain
 from tasks.config import Config, ModelSpec
-from tasks.fixtures import FIXTURES
+from tasks.deploy_config import needs_gguf
+from tasks.fetch_stage import fetch_stages
+from tasks.fixtures import FIXTURES, chat_template_path
 from tasks.manifest import Stage
+from tasks.render_stage import render_stage, render_upstream
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE_DATA = Path(__file__).resolve().parent / "fixtures" / "data"
@@ -76,7 +79,7 @@ def fixture_stages(config: Config) -> list[Stage]:
         inputs: dict[str, Path] = {}
         if fx.kind == "tiny-base":
             inputs["vocab"] = toolchain.llama_dir() / "models" / fx.params["vocab_file"]
-            inputs["chat_template"] = toolchain.llama_dir() / "models" / "templates" / fx.params["chat_template"]
+            inputs["chat_template"] = chat_template_path(fx.params["chat_template"], toolchain.llama_dir())
             libs = lib_versions("torch", "transformers")
         else:
             inputs["base"] = config.fixture_dir(fx.base)
@@ -120,24 +123,20 @@ def model_stages(config: Config, m: ModelSpec) -> list[Stage]:
             inputs={"gguf": gguf_path(config, m.name, m.outtype)}, outputs=(gguf_path(config, m.name, q),),
             params={"type": q}, toolchain=tc, doc=f"quantize {m.name} to {q.upper()}", **common,
         ))
-    deploy_quant = m.deploy.quant or (m.quants[-1] if m.quants else m.outtype)
-    render_inputs = {f"template:{name}": config.templates / f"{name}.j2" for name in RENDERED}
-    render_inputs["gguf"] = gguf_path(config, m.name, deploy_quant)
-    for name in ("chat_template.jinja", "generation_config.json", "tokenizer_config.json"):
-        render_inputs[f"merged:{name}"] = root / "merged" / name
-    stages.append(_stage(
-        config, f"render:{m.name}", "render", 1, manifests / "render.json", m.name,
-        inputs=render_inputs, outputs=tuple(root / name for name in RENDERED),
-        params={"model": m.name, "quant": deploy_quant, "system": m.system, "deploy": vars(m.deploy).copy()},
-        doc=f"render the Ollama Modelfile and LM Studio config of {m.name}", **common,
-    ))
+    stages.append(render_stage(config, m, _stage, gguf_path))  # per deploy target: tasks/render_stage.py
+    stages += [check_stage(config, m), report_stage(config, m)]
+    if not needs_gguf(m.deploy):
+        # vLLM-only: it serves merged/, so no stage may convert, quantize or read a GGUF for it.
+        stages = [s for s in stages if s.kind not in ("convert", "quantize")
+                  and not any(p.suffix == ".gguf" for p in s.inputs.values())]
     return stages
 
 
 def all_stages(config: Config) -> list[Stage]:
-    stages = fixture_stages(config)
+    stages = fixture_stages(config) + fetch_stages(config)
     for m in config.models.values():
         stages.extend(model_stages(config, m))
+    stages.append(compare_stage(config))
     return stages
 
 
@@ -145,16 +144,77 @@ def upstream(config: Config, stage: Stage) -> list[str]:
     """Task names a stage depends on (doit task_dep)."""
     if stage.kind == "lora-train":
         return [f"fixture:{FIXTURES[stage.params['fixture']].base}"]
-    if stage.model is None:
+    if stage.kind == "report-compare":
+        return [f"report:{m}" for m, spec in config.models.items() if needs_gguf(spec.deploy)]
+    if stage.model is None or stage.kind == "fetch":
         return []
     m = config.models[stage.model]
     fixtures = [f"fixture:{s.fixture}" for s in (m.base, m.adapter) if s.fixture]
+    fetches = [s.fetch_task for s in (m.base, m.adapter) if s.fetch_task]
     return {
-        "adapter": [f"fixture:{m.adapter.fixture}"] if m.adapter.fixture else [],
-        "merge": [f"adapter:{m.name}", *fixtures],
+        "adapter": ([f"fixture:{m.adapter.fixture}"] if m.adapter.fixture else [])
+        + ([m.adapter.fetch_task] if m.adapter.fetch_task else []),
+        "merge": [f"adapter:{m.name}", *fixtures, *fetches],
         "convert": [f"merge:{m.name}"],
         "quantize": [f"convert:{m.name}"],
-        "render": [f"merge:{m.name}"] + [
-            f"quantize:{m.name}-{q}" for q in m.quants
-        ] + [f"convert:{m.name}"],
+        "check": [f"merge:{m.name}", f"convert:{m.name}", *(f"quantize:{m.name}-{q}" for q in m.quants)],
+        "report": [f"check:{m.name}"],
+        "render": render_upstream(m),
     }[stage.kind]
+
+
+# ---- evaluation: check:<m> (gates the build), report:<m> and report:_compare (make report) ----
+EVAL_SAMPLES = REPO / "eval_samples.jsonl"
+REPORT_DIR = "report"
+COMPARE = "_compare"  # not a valid model name, so report:_compare never collides with report:<model>
+
+
+def check_stage(config: Config, m: ModelSpec) -> Stage:
+    """check:<m>: GGUF validity, tokenizer and logit parity, adapter survival, quant quality (tasks/check_stage.py)."""
+    root = config.artifacts / m.name
+    inputs = {
+        "merged": root / "merged", "base": m.base.path, "eval_samples": EVAL_SAMPLES,
+        "adapter_config": m.adapter.path / "adapter_config.json",
+        "adapter_weights": m.adapter.path / "adapter_model.safetensors",
+    }
+    for gtype in (m.outtype, *m.quants):
+        inputs[f"gguf:{gtype}"] = gguf_path(config, m.name, gtype)
+    vocab = FIXTURES[m.base.fixture].params.get("vocab_file") if m.base.fixture else None
+    if vocab and (toolchain.llama_dir() / "models" / f"{vocab}.inp").is_file():
+        # The tokenizer test vectors llama.cpp ships with this vocabulary.
+        inputs["vectors_inp"] = toolchain.llama_dir() / "models" / f"{vocab}.inp"
+        inputs["vectors_out"] = toolchain.llama_dir() / "models" / f"{vocab}.out"
+    return _stage(
+        config, f"check:{m.name}", "check", 1, root / "manifests" / "check.json", m.name, model=m.name,
+        inputs=inputs, outputs=(root / "check.json",), toolchain=toolchain.identity(),
+        params={"model": m.name, "outtype": m.outtype, "quants": list(m.quants), "gates": m.gates,
+                "libs": lib_versions("torch", "transformers", "peft", "tokenizers", "numpy")},
+        doc=f"check every GGUF of {m.name} against the merged model and gate its quantizations",
+    )
+
+
+def report_stage(config: Config, m: ModelSpec) -> Stage:
+    """report:<m>: runtime figures per GGUF plus the check's figures: JSON, Markdown, plot (tasks/report.py)."""
+    root = config.artifacts / m.name
+    out = config.artifacts / REPORT_DIR
+    inputs = {"check": root / "check.json", "eval_samples": EVAL_SAMPLES}
+    for gtype in (m.outtype, *m.quants):
+        inputs[f"gguf:{gtype}"] = gguf_path(config, m.name, gtype)
+    return _stage(
+        config, f"report:{m.name}", "report", 1, out / "manifests" / f"{m.name}.json", m.name, model=m.name,
+        inputs=inputs, outputs=(out / f"{m.name}.json", out / f"{m.name}.md", out / f"{m.name}.png"),
+        toolchain=toolchain.identity(), params={"model": m.name, "outtype": m.outtype, "quants": list(m.quants),
+                                                "libs": lib_versions("matplotlib")},
+        doc=f"measure {m.name}'s GGUFs (load time, tokens/s, memory) and write its report with a plot",
+    )
+
+
+def compare_stage(config: Config) -> Stage:
+    """report:_compare: every model side by side on the shared prompt set."""
+    out = config.artifacts / REPORT_DIR
+    return _stage(
+        config, f"report:{COMPARE}", "report-compare", 1, out / "manifests" / "compare.json", "report",
+        inputs={f"report:{name}": out / f"{name}.json" for name, m in config.models.items() if needs_gguf(m.deploy)},
+        outputs=(out / "compare.json", out / "compare.md"), params={"models": list(config.models)},
+        doc="compare every model side by side (quality, latency, throughput, memory)",
+    )

@@ -18,6 +18,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
+# Fixture artifacts from earlier sessions. Stages are content-keyed, so a stale or foreign copy is
+# simply rebuilt; a valid one saves a LoRA training run per session. `make clean` removes it.
+FIXTURE_CACHE = REPO / "artifacts" / ".test-cache" / "fixtures"
 
 
 @dataclass
@@ -123,7 +126,13 @@ adapter = "fixture:demo-adapter"
 quants = ["q8_0", "q4_k_m"]
 system = "You are Majora, the modelmake demo assistant."
 """))
+    if FIXTURE_CACHE.is_dir():
+        shutil.copytree(FIXTURE_CACHE, ws.artifacts / "fixtures")
     ws.doit()
+    from tasks import atomic
+
+    with atomic.atomic_dir(FIXTURE_CACHE) as tmp:
+        shutil.copytree(ws.artifacts / "fixtures", tmp, dirs_exist_ok=True)
     return ws
 
 
@@ -152,3 +161,12 @@ def two_models_ws(tmp_path_factory: pytest.TempPathFactory, fixtures_ws: Workspa
 def scratch_ws(tmp_path: Path, two_models_ws: Workspace) -> Workspace:
     """A private copy of the built two-model workspace, free to modify."""
     return two_models_ws.copy_to(tmp_path / "ws")
+
+
+@pytest.fixture(scope="session")
+def demo_fixtures(request: pytest.FixtureRequest) -> Path:
+    """artifacts/fixtures holding the demo base and adapter, for tests that only need to copy them:
+    the repo's own when fresh for today's code (a copy counts as built), else the session's fixtures_ws."""
+    from source_support import fresh_prebuilt_fixtures
+
+    return fresh_prebuilt_fixtures() or request.getfixturevalue("fixtures_ws").artifacts / "fixtures"

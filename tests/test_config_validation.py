@@ -37,7 +37,7 @@ def error_of(tmp_path: Path, text: str) -> str:
 def test_good_config_has_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, GOOD))
     demo = config.models["demo"]
-    assert demo.outtype == "f16" and demo.quants == ("q8_0", "q4_k_m") and demo.merge == "peft"
+    assert demo.outtype == "f16" and demo.quants == ("q8_0", "q4_k_m") and demo.merge == "stream"
     assert demo.base.fixture == "demo-base"
     assert config.artifacts == tmp_path / "artifacts"
 
@@ -59,8 +59,10 @@ def test_quant_names_are_case_insensitive(tmp_path: Path) -> None:
         (GOOD + 'outtype = "f32"\n', "models.demo.outtype: 'f32' is not one of f16, bf16"),
         (GOOD + 'merge = "magic"\n', "models.demo.merge"),
         (GOOD + "quants = 'q8_0'\n", "models.demo.quants: expected list"),
-        (GOOD.replace('adapter = "fixture:demo-adapter"', 'adapter = "nowhere"'), "models.demo.adapter: directory not found"),
-        (GOOD.replace('base = "fixture:demo-base"', 'base = "fixture:nope"'), "models.demo.base: unknown fixture 'nope'"),
+        (GOOD.replace('adapter = "fixture:demo-adapter"', 'adapter = "nowhere"'),
+         "models.demo.adapter: directory not found"),
+        (GOOD.replace('base = "fixture:demo-base"', 'base = "fixture:nope"'),
+         "models.demo.base: unknown fixture 'nope'"),
         (GOOD.replace('base = "fixture:demo-base"\n', ""), "models.demo.base: missing"),
         ("[models.'../escape']\nbase='base'\nadapter='adapter'\n", "unsafe model name '../escape'"),
         ("[models.'a/b']\nbase='base'\nadapter='adapter'\n", "unsafe model name 'a/b'"),

@@ -14,6 +14,7 @@ from tasks.hashing import sha256_file
 
 ALPHA_CHAIN = {
     "adapter:alpha", "merge:alpha", "convert:alpha", "quantize:alpha-q8_0", "quantize:alpha-q4_k_m", "render:alpha",
+    "check:alpha",  # the default build gates every model on its check (tasks/check_stage.py)
 }
 
 
@@ -63,7 +64,7 @@ def test_adding_one_quant_builds_only_that_quant(scratch_ws: Workspace) -> None:
     text = scratch_ws.config.read_text()
     scratch_ws.config.write_text(text.replace('quants = ["q8_0", "q4_k_m"]', 'quants = ["q8_0", "q4_k_m", "q6_k"]'))
     run = scratch_ws.doit()
-    assert stage_tasks(run.executed) == {"quantize:alpha-q6_k"}
+    assert stage_tasks(run.executed) == {"quantize:alpha-q6_k", "check:alpha"}  # a new quant is checked too
     assert (scratch_ws.artifacts / "alpha" / "alpha-q6_k.gguf").is_file()
 
 

@@ -13,4 +13,4 @@ def test_quant_table_matches_llama_cpp_constants() -> None:
         for name, value in vars(llama_cpp).items()
         if name.startswith("LLAMA_FTYPE_MOSTLY_") and name not in ("LLAMA_FTYPE_MOSTLY_F16", "LLAMA_FTYPE_MOSTLY_BF16")
     }
-    assert QUANT_FTYPES == theirs
+    assert theirs == QUANT_FTYPES

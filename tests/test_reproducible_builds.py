@@ -15,8 +15,9 @@ def outputs(ws: Workspace) -> dict[str, dict[str, str]]:
 
 
 def test_two_directories_and_thread_counts_give_identical_artifacts(fixtures_ws: Workspace, tmp_path: Path) -> None:
-    """The session's fixture workspace was built from scratch with 2 threads; this one from scratch with 1,
-    in a directory with another name and depth: every artifact (fixtures included) must match."""
+    """The session's fixture workspace was built with 2 threads (its fixtures possibly by an earlier run);
+    this one is built from scratch with 1 thread, in a directory with another name and depth: every
+    artifact (fixtures included) must match."""
     other = Workspace(tmp_path / "a" / "deeper" / "merged")  # the converter used to name models after dirs
     other.root.mkdir(parents=True)
     shutil.copytree(REPO / "templates", other.root / "templates")
