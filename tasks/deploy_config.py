@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import UserError
+from tasks.toml_values import check_keys as _check_keys
+from tasks.toml_values import string as _str
 
 TARGETS = ("ollama", "lmstudio", "llamacpp", "vllm")
 GGUF_TARGETS = ("ollama", "lmstudio", "llamacpp")  # targets that serve a GGUF file
@@ -247,16 +249,6 @@ def _table(value: Any, where: str, key: str) -> dict[str, Any]:
     return value
 
 
-def _check_keys(raw: dict[str, Any], allowed: set[str], where: str, key: str) -> None:
-    for k in raw:
-        if k not in allowed:
-            raise UserError(f"{where}: {key}.{k}: unknown key (allowed: {', '.join(sorted(allowed))})")
-
-
-def _str(value: Any, where: str, key: str) -> str:
-    if not isinstance(value, str):
-        raise UserError(f"{where}: {key}: expected str, got {type(value).__name__} {value!r}")
-    return value
 
 
 def _number(value: Any, where: str, key: str, low: float | None = None, high: float | None = None) -> float:

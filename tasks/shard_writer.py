@@ -14,6 +14,7 @@ import mmap
 import os
 from pathlib import Path
 
+from tasks.atomic import fsync_path
 from tasks.errors import UserError
 from tasks.safetensors_stream import OutTensor, TensorInfo, layout_shard
 
@@ -232,9 +233,5 @@ def write_small_file(path: Path, data: bytes) -> Path:
 
 def fsync_dir(path: Path) -> None:
     """Persist the renames themselves."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path)
 

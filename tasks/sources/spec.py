@@ -26,6 +26,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tasks.errors import UserError
+from tasks.toml_values import check_keys as _check_keys
+from tasks.toml_values import string as _str
 
 SSH_KEYS = {"ssh", "key", "known_hosts", "sha256", "manifest", "bwlimit"}
 HUB_KEYS = {"hub", "revision", "allow", "sha256"}
@@ -200,13 +202,3 @@ def _local_file(raw: Any, where: str, key: str, root: Path, check_paths: bool) -
     return path
 
 
-def _check_keys(raw: dict[str, Any], allowed: set[str], where: str, key: str) -> None:
-    for k in raw:
-        if k not in allowed:
-            raise UserError(f"{where}: {key}.{k}: unknown key (allowed: {', '.join(sorted(allowed))})")
-
-
-def _str(value: Any, where: str, key: str) -> str:
-    if not isinstance(value, str):
-        raise UserError(f"{where}: {key}: expected str, got {type(value).__name__} {value!r}")
-    return value
