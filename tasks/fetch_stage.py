@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 import shutil
@@ -34,6 +33,7 @@ from typing import Any
 from tasks import atomic
 from tasks.config import Config, Source
 from tasks.errors import UserError
+from tasks.file_lock import exclusive
 from tasks.hashing import cache_for
 from tasks.manifest import Stage, run_stage
 
@@ -140,14 +140,8 @@ def link_or_copy(src: Path, dest: Path) -> None:
 @contextlib.contextmanager
 def download_lock(staging: Path) -> Iterator[None]:
     """One download into a staging directory at a time (two builds of the same config)."""
-    lock = staging.with_name(staging.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with exclusive(staging.with_name(staging.name + ".lock")):
+        yield
 
 
 # ---- the stage ---------------------------------------------------------------------------------

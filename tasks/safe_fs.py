@@ -17,6 +17,7 @@ import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tasks.errors import UserError
 
@@ -123,16 +124,16 @@ class SafeRoot:
                     h.update(chunk)
             return h.hexdigest()
 
-    def _temp(self) -> str:
-        return f".modelmake-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-
-    def write_bytes(self, r: Rel, data: bytes) -> None:
+    @contextlib.contextmanager
+    def _replace(self, r: Rel) -> Iterator[Any]:
+        """A file opened under a temporary name in r's directory (never through a link), fsynced and
+        renamed over r when the block succeeds, removed when it fails."""
         with self.dir(r[:-1], create=True) as d:
             tmp = self._temp()
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=d)
             try:
                 with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
+                    yield fh
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.replace(tmp, r[-1], src_dir_fd=d, dst_dir_fd=d)
@@ -140,20 +141,17 @@ class SafeRoot:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp, dir_fd=d)
 
+    def _temp(self) -> str:
+        return f".modelmake-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+
+    def write_bytes(self, r: Rel, data: bytes) -> None:
+        with self._replace(r) as fh:
+            fh.write(data)
+
     def copy_file(self, r: Rel, source: Path) -> None:
-        with self.dir(r[:-1], create=True) as d:
-            tmp = self._temp()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=d)
-            try:
-                with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                    while chunk := src.read(4 << 20):
-                        out.write(chunk)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, r[-1], src_dir_fd=d, dst_dir_fd=d)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp, dir_fd=d)
+        with self._replace(r) as out, open(source, "rb") as src:
+            while chunk := src.read(4 << 20):
+                out.write(chunk)
 
     def symlink(self, r: Rel, target: Path) -> None:
         with self.dir(r[:-1], create=True) as d:

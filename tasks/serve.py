@@ -10,7 +10,6 @@ command line, so a recycled pid is never killed). Argument lists only, never a s
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -25,6 +24,7 @@ from typing import Any
 from tasks import atomic
 from tasks.config import Config, ModelSpec
 from tasks.errors import UserError
+from tasks.file_lock import exclusive
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 120.0
@@ -95,14 +95,8 @@ def running(config: Config, m: ModelSpec) -> dict[str, Any] | None:
 
 @contextlib.contextmanager
 def _lock(config: Config, m: ModelSpec):
-    path = run_dir(config, m) / ".serve.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with exclusive(run_dir(config, m) / ".serve.lock"):
+        yield
 
 
 def command(config: Config, m: ModelSpec, gguf: Path, host: str, port: int, context: int) -> list[str]:
