@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,20 @@ PY = sys.executable
 # Fixture artifacts from earlier sessions. Stages are content-keyed, so a stale or foreign copy is
 # simply rebuilt; a valid one saves a LoRA training run per session. `make clean` removes it.
 FIXTURE_CACHE = REPO / "artifacts" / ".test-cache" / "fixtures"
+
+
+# Peak of the suite's temporary directories, measured: 2.5 GB (passing tests' tmp_path is removed as
+# soon as they end; see pyproject.toml). Below this, builds would fail midway with ENOSPC everywhere.
+NEEDED_FREE_BYTES = 4 * 10**9
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to start on a nearly full disk, in one line, instead of 200 ENOSPC errors."""
+    tmp = Path(tempfile.gettempdir())
+    free = shutil.disk_usage(tmp).free
+    if free < NEEDED_FREE_BYTES:
+        pytest.exit(f"{tmp}: {free / 1e9:.1f} GB free; the test suite needs about "
+                    f"{NEEDED_FREE_BYTES / 1e9:.0f} GB for its workspaces", returncode=2)
 
 
 @dataclass
