@@ -1,6 +1,6 @@
 """Run the same probe token ids through transformers and through llama.cpp; return logits.
 
-transformers runs in float32 (the reference: no rounding beyond the stored weights); llama.cpp
+transformers computes in float32 (the reference: no rounding beyond the stored weights); llama.cpp
 runs each GGUF with `logits_all`, so every position's distribution is available, on a small
 context sized to the longest probe and a pinned thread count (figures must not depend on the
 machine's core count).
@@ -49,21 +49,29 @@ def hf_logits(model_dir: Path, probes: list[Probe], adapter_dir: Path | None = N
     """Logits of `model_dir` in float32, and (if `adapter_dir`) of it with the adapter applied by peft.
 
     The second is the adapter's intended effect, computed without any merge: the reference a
-    merged model and every GGUF must reproduce.
+    merged model and every GGUF must reproduce. Weights stay in the checkpoint's dtype and are
+    widened to float32 block by block (fp32_compute): the same numbers as a float32 load, in
+    about half its memory for a bf16 model.
     """
     import torch
     import transformers
 
+    from tasks.fp32_compute import compute_in_float32
+
     torch.set_num_threads(THREADS)
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto")
     model.eval()
+    hooks = compute_in_float32(model)
     plain = _torch_logits(model, probes)
     adapted: list[Any] = []
     if adapter_dir is not None:
         import peft
 
+        for hook in hooks:  # peft wraps the model: hook again, around its LoRA layers too
+            hook.remove()
         model = peft.PeftModel.from_pretrained(model, str(adapter_dir))
         model.eval()
+        compute_in_float32(model)
         adapted = _torch_logits(model, probes)
     return plain, adapted
 
