@@ -80,6 +80,8 @@ def fixture_stages(config: Config) -> list[Stage]:
         if fx.kind == "tiny-base":
             inputs["vocab"] = toolchain.llama_dir() / "models" / fx.params["vocab_file"]
             inputs["chat_template"] = chat_template_path(fx.params["chat_template"], toolchain.llama_dir())
+            if fx.data:
+                inputs["corpus"] = FIXTURE_DATA / fx.data
             libs = lib_versions("torch", "transformers")
         else:
             inputs["base"] = config.fixture_dir(fx.base)
