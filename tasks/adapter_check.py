@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import atomic
-from tasks.errors import UserError
+from tasks.errors import UserError, read_json_object
 from tasks.manifest import Stage
 
 MAX_HEADER = 100 << 20  # a safetensors header larger than this is corrupt, not big
@@ -51,14 +51,7 @@ def check_adapter(adapter_dir: Path) -> dict[str, Any]:
             )
         raise UserError(f"{weights}: missing (a PEFT adapter needs adapter_model.safetensors)")
     cfg_path = adapter_dir / "adapter_config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{cfg_path}: missing (a PEFT adapter needs adapter_config.json)") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UserError(f"{cfg_path}: not valid JSON: {exc}") from None
-    if not isinstance(cfg, dict):
-        raise UserError(f"{cfg_path}: expected a JSON object")
+    cfg = read_json_object(cfg_path, "a PEFT adapter needs adapter_config.json")
     if cfg.get("peft_type") != "LORA":
         raise UserError(f"{cfg_path}: peft_type: {cfg.get('peft_type')!r} is not supported (only LORA)")
     for key in ("r", "lora_alpha"):

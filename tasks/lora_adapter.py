@@ -10,14 +10,13 @@ because silently producing a plausible-looking but wrong model is the worst outc
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from tasks.errors import UserError
+from tasks.errors import UserError, read_json_object
 from tasks.safetensors_stream import TensorInfo, read_header
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -108,14 +107,7 @@ class Adapter:
 def load_settings(adapter_dir: Path) -> LoraSettings:
     """Parse adapter_config.json and refuse anything whose merge we do not reproduce exactly."""
     path = adapter_dir / ADAPTER_CONFIG
-    try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise UserError(f"{path}: missing (not a PEFT adapter directory)") from e
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable ({e})") from e
-    if not isinstance(cfg, dict):
-        raise UserError(f"{path}: not a JSON object")
+    cfg = read_json_object(path, "not a PEFT adapter directory")
     peft_type = str(cfg.get("peft_type", "")).upper()
     if peft_type != "LORA":
         raise UserError(f"{path}: peft_type={cfg.get('peft_type')!r} is not supported; only LoRA adapters can be "

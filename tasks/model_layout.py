@@ -12,12 +12,11 @@ it: an adapter that touches no embedding, head or tied tensor, on a model type w
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.errors import UserError
+from tasks.errors import read_json_object
 
 
 @dataclass
@@ -39,16 +38,7 @@ CONV1D_MODEL_TYPES = frozenset({"gpt2", "openai-gpt", "imagegpt", "decision_tran
 
 
 def read_config(model_dir: Path) -> dict:
-    path = model_dir / "config.json"
-    try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise UserError(f"{path}: missing (a base model directory needs config.json)") from e
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable ({e})") from e
-    if not isinstance(cfg, dict):
-        raise UserError(f"{path}: not a JSON object")
-    return cfg
+    return read_json_object(model_dir / "config.json", "a base model directory needs config.json")
 
 
 def vocab_size(config: dict) -> int | None:

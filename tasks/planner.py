@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import UserError
+from tasks.errors import UserError, read_json_object
 
 CACHE_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "auto": 2.0, "fp8": 1.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
@@ -98,11 +98,7 @@ def safetensors_params(model_dir: Path) -> int | None:
 
 
 def model_shape(model_dir: Path) -> ModelShape:
-    cfg_path = model_dir / "config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{cfg_path}: not found (the planner needs the model's config.json)") from None
+    cfg = read_json_object(model_dir / "config.json", "the planner needs the model's config.json")
     return shape_from_config(cfg, safetensors_params(model_dir))
 
 
