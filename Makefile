@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modelmake-installed
-TOOLCHAIN_VERSION := $(shell sed -n 's/^VERSION = "\(.*\)"/\1/p' tasks/toolchain.py)
+TOOLCHAIN_VERSION := $(shell sed -n 's/^VERSION = "\(.*\)"/\1/p' tasks/core/toolchain.py)
 TOOLCHAIN := .toolchain/llama.cpp-$(TOOLCHAIN_VERSION)/.complete
 
 .PHONY: all setup test bench lint lock clean distclean report
@@ -24,8 +24,8 @@ $(STAMP): requirements.lock
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.lock
 	@touch $@
 
-$(TOOLCHAIN): $(STAMP) tasks/toolchain.py
-	$(PY) -m tasks.toolchain
+$(TOOLCHAIN): $(STAMP) tasks/core/toolchain.py
+	$(PY) -m tasks.core.toolchain
 
 test: setup
 	$(PY) -m pytest

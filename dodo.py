@@ -1,16 +1,18 @@
 """modelmake: LoRA adapter -> merged model -> GGUF -> quantizations -> deployment files.
 
-`doit` builds everything in models.toml; `doit list` shows the tasks. This file only wires
-stages from tasks/ into doit; see tasks/graph.py for why freshness is content-keyed.
+`doit` builds everything in models.toml; `doit list` shows the tasks. This file only wires:
+each task_<group> yields the stages of that group from tasks/build/registry.py, whose kinds are
+declared in the stages.py of the package that builds them (tasks/merge/stages.py for merge:<m>,
+...). See tasks/build/graph.py for why freshness is content-keyed.
 """
 
 import sys
 
-from tasks import deploy_tasks
-from tasks.config import load_config
-from tasks.errors import UserError
-from tasks.graph import lock_task, tasks_of_kind
-from tasks.reporter import SummaryReporter
+from tasks.build import deploy_tasks
+from tasks.build.graph import group_tasks, lock_task
+from tasks.build.summary import SummaryReporter
+from tasks.core.config.load import load_config
+from tasks.core.errors import UserError
 
 try:
     CONFIG = load_config()
@@ -22,57 +24,54 @@ DOIT_CONFIG = {
     "default_tasks": ["lock"],
     "reporter": SummaryReporter,
     "backend": "sqlite3",
-    # doit's own state is not used to decide freshness (see tasks/graph.py); keep it per config.
+    # doit's own state is not used to decide freshness (see tasks/build/graph.py); keep it per config.
     "dep_file": str(CONFIG.root / ".doit.db"),
 }
 
 
 def task_fixture():
     """Build the embedded demo's fixtures (tiny base model, trained LoRA adapter)."""
-    yield from tasks_of_kind(CONFIG, "fixture")
+    yield from group_tasks(CONFIG, "fixture")  # tasks/fixtures/stages.py
 
 
 def task_fetch():
     """Fetch remote adapters and bases (SSH, Hugging Face Hub) into artifacts/sources/, verified."""
-    for task in tasks_of_kind(CONFIG, "fetch"):
-        # Always run: the remote may have changed. Downstream stays content-keyed, so identical
-        # bytes rebuild nothing (tasks/fetch_stage.py).
-        yield {**task, "uptodate": [False]}
+    yield from group_tasks(CONFIG, "fetch")  # tasks/sources/stages.py (runs every time)
 
 
 def task_adapter():
     """Check a model's LoRA adapter and record its hashes."""
-    yield from tasks_of_kind(CONFIG, "adapter")
+    yield from group_tasks(CONFIG, "adapter")  # tasks/merge/stages.py
 
 
 def task_merge():
     """Merge a model's adapter into its base (Hugging Face safetensors)."""
-    yield from tasks_of_kind(CONFIG, "merge")
+    yield from group_tasks(CONFIG, "merge")  # tasks/merge/stages.py
 
 
 def task_convert():
     """Convert a merged model to an F16/BF16 GGUF with llama.cpp."""
-    yield from tasks_of_kind(CONFIG, "convert")
+    yield from group_tasks(CONFIG, "convert")  # tasks/gguf/stages.py
 
 
 def task_quantize():
     """Quantize GGUFs: quantize:<model> for all types, quantize:<model>-<type> for one."""
-    yield from tasks_of_kind(CONFIG, "quantize")
+    yield from group_tasks(CONFIG, "quantize")  # tasks/gguf/stages.py
 
 
 def task_render():
     """Render a model's Ollama Modelfile and LM Studio config from templates/."""
-    yield from tasks_of_kind(CONFIG, "render")
+    yield from group_tasks(CONFIG, "render")  # tasks/deploy/stages.py
 
 
 def task_check():
     """Check every GGUF against the merged model (validity, parity, adapter survival) and gate its quants."""
-    yield from tasks_of_kind(CONFIG, "check")
+    yield from group_tasks(CONFIG, "check")  # tasks/checks/stages.py
 
 
 def task_report():
     """Measure runtime and write artifacts/report/ (per model + side by side): `make report`."""
-    yield from tasks_of_kind(CONFIG, "report")
+    yield from group_tasks(CONFIG, "report")  # tasks/checks/stages.py
 
 
 def task_plan():

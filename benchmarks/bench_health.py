@@ -37,8 +37,8 @@ def _free_port() -> int:
 
 
 def planner_rows() -> list[dict]:
-    from tasks import planner
-    from tasks.config import load_config
+    from tasks.core.config.load import load_config
+    from tasks.deploy import planner
 
     config = load_config(ROOT / "models.toml")
     shape = planner.shape_from_config(QWEN25_7B)
@@ -57,8 +57,8 @@ def planner_rows() -> list[dict]:
 
 
 def main(quick: bool) -> dict:
-    from tasks import health, serve
-    from tasks.config import load_config
+    from tasks.core.config.load import load_config
+    from tasks.deploy import health, serve
 
     runs = 3 if quick else 10
     text = (ROOT / "models.toml").read_text()

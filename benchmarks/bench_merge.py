@@ -86,8 +86,9 @@ QUICK = [Shape("3B-quick", 256, 1024, 4, 4, 2, 8192, True), Shape("7B-quick", 38
 def _write_safetensors_dir(out: Path, tensors: list[tuple[str, tuple[int, ...], str]], fill, shard_bytes: int,
                            single_name: str | None = None) -> None:
     """Stream random tensors into shards with the merger's own writer (header first, one tensor in memory)."""
-    from tasks.safetensors_stream import INDEX_NAME, OutTensor, index_json, plan_shards, shard_names
-    from tasks.shard_writer import ShardWriter
+    from tasks.formats.safetensors import INDEX_NAME
+    from tasks.merge.shard_layout import OutTensor, index_json, plan_shards, shard_names
+    from tasks.merge.shard_writer import ShardWriter
 
     planned = [OutTensor(n, dt, s) for n, s, dt in tensors]
     shards = plan_shards(planned, shard_bytes)
@@ -161,7 +162,7 @@ def ensure_adapter(shape: Shape, r: int = 16) -> Path:
 def worker(kind: str, base: Path, adapter: Path, out: Path) -> None:
     t0 = time.perf_counter()
     if kind == "stream":
-        from tasks.merge_stream import merge_streaming
+        from tasks.merge.stream import merge_streaming
 
         out.mkdir()
         merge_streaming(base, adapter, out)

@@ -3,7 +3,7 @@
     python benchmarks/bench_reference.py [--quick]
 
 The check compares every GGUF against the HF model computed in float32. Loading a bf16 model as
-float32 doubles its memory (a 7B model: 28 GB, more than this 24 GB machine); tasks/fp32_compute.py
+float32 doubles its memory (a 7B model: 28 GB, more than this 24 GB machine); tasks/checks/fp32_compute.py
 keeps the stored dtype and widens one block at a time. On the merge benchmark's Qwen2.5-3B-shaped
 random bf16 base (generated and cached by bench_merge.py), each mode runs one forward pass over a
 64-token prompt in its own process; the table gives wall time and peak RSS (VmHWM), and the logits
@@ -33,7 +33,7 @@ def worker(mode: str, base: Path, out: Path) -> None:
     import torch
     import transformers
 
-    from tasks.fp32_compute import compute_in_float32
+    from tasks.checks.fp32_compute import compute_in_float32
 
     torch.set_num_threads(2)
     t0 = time.perf_counter()

@@ -1,5 +1,7 @@
-"""modelmake build stages: each module holds one stage or one piece of build logic.
+"""modelmake: the build, in packages that follow the pipeline.
 
-Modules imported by dodo.py at task-definition time must stay light (no torch,
-transformers or numpy at import), because doit loads dodo.py on every call.
+core (standard library only) <- formats <- sources | fixtures | merge | gguf | checks | deploy <- build.
+Feature packages import core and formats, never each other and never build; tests/test_layering.py
+enforces it. Each feature package's stages.py says what its stages read and write (light imports:
+dodo.py loads it on every call); its other modules build.
 """

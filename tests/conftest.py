@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+# Session fixtures of the deployment tests (built_demo, go_renderer) live in deploy_support.py.
+pytest_plugins = ["deploy_support"]
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 # Fixture artifacts from earlier sessions. Stages are content-keyed, so a stale or foreign copy is
@@ -27,6 +30,17 @@ FIXTURE_CACHE = REPO / "artifacts" / ".test-cache" / "fixtures"
 # Peak of the suite's temporary directories, measured: 2.5 GB (passing tests' tmp_path is removed as
 # soon as they end; see pyproject.toml). Below this, builds would fail midway with ENOSPC everywhere.
 NEEDED_FREE_BYTES = 4 * 10**9
+
+
+# Fixtures that build (or copy) a real workspace: a test using any of them is marked `workspace`, so
+# `pytest -m "not workspace"` runs everything that needs no build in seconds.
+WORKSPACE_FIXTURES = {"fixtures_ws", "two_models_ws", "scratch_ws", "demo_fixtures", "built_demo"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if WORKSPACE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.workspace)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -144,7 +158,7 @@ system = "You are Majora, the modelmake demo assistant."
     if FIXTURE_CACHE.is_dir():
         shutil.copytree(FIXTURE_CACHE, ws.artifacts / "fixtures")
     ws.doit()
-    from tasks import atomic
+    from tasks.core import atomic
 
     with atomic.atomic_dir(FIXTURE_CACHE) as tmp:
         shutil.copytree(ws.artifacts / "fixtures", tmp, dirs_exist_ok=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, Workspace
 
-from tasks.manifest import read_manifest
+from tasks.core.manifest import read_manifest
 
 GO_SOURCE = REPO / "tests" / "gotemplate" / "main.go"
 

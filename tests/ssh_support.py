@@ -158,7 +158,7 @@ LogLevel VERBOSE
 
 def write_sha256sums(directory: Path, names: list[str] | None = None) -> None:
     """`sha256sum` format, as a training box would write it next to its results."""
-    from tasks.hashing import sha256_file
+    from tasks.core.hashing import sha256_file
 
     names = names or sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != "SHA256SUMS")
     lines = "".join(f"{sha256_file(directory / n)}  {n}\n" for n in names)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import TWO_MODELS, Workspace, new_workspace
 
-from tasks.adapter_check import check_adapter
-from tasks.errors import UserError
+from tasks.core.errors import UserError
+from tasks.merge.adapter_check import check_adapter
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import PY, REPO, Workspace
 
-from tasks.convert import convert
+from tasks.gguf.convert import convert
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def f16_only(fixtures_ws: Workspace, tmp_path: Path) -> Workspace:
 
 
 def run_check(ws: Workspace) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", "tasks.run", "--config", str(ws.config), "check:demo"], cwd=REPO,
+    return subprocess.run([PY, "-m", "tasks.build.runner", "--config", str(ws.config), "check:demo"], cwd=REPO,
                           env=ws.env(), capture_output=True, text=True, timeout=600)
 
 

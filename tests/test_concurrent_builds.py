@@ -6,9 +6,9 @@ import subprocess
 
 from conftest import PY, REPO, Workspace
 
-from tasks.config import load_config
-from tasks.manifest import stale_reason
-from tasks.stages import all_stages
+from tasks.build.registry import all_stages
+from tasks.core.config.load import load_config
+from tasks.core.stage import stale_reason
 
 
 def test_two_builds_at_once_do_not_corrupt_anything(scratch_ws: Workspace) -> None:

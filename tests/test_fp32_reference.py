@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import Workspace
 
-from tasks.fp32_compute import blocks, compute_in_float32
+from tasks.checks.fp32_compute import blocks, compute_in_float32
 
 # Small enough that the demo splits into embedding, each decoder layer, final norm and head,
 # as a 7B model does under the default limit.

@@ -8,7 +8,8 @@ import pytest
 from conftest import Workspace
 from eval_support import copy, metadata_only, patched_string, renamed_key, truncated
 
-from tasks import gguf_validate, toolchain
+from tasks.checks import gguf_validate
+from tasks.core import toolchain
 
 
 @pytest.fixture(scope="module")

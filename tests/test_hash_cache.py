@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import hashing
-from tasks.hashing import HashCache
+from tasks.core import hashing
+from tasks.core.hashing import HashCache
 
 
 @pytest.fixture

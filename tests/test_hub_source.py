@@ -15,7 +15,7 @@ from hub_support import populate_cache
 from source_support import workspace_with
 from ssh_support import free_port
 
-from tasks.hashing import sha256_file
+from tasks.core.hashing import sha256_file
 
 REPO_ID = "modelmake-test/demo-base"
 COMMIT = hashlib.sha1(b"modelmake demo-base v1", usedforsecurity=False).hexdigest()
@@ -48,7 +48,7 @@ def config_for(root: Path, base: str) -> Path:
 
 
 def fetch(config: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", "tasks.run", "--config", str(config), "fetch:alpha-base"],
+    return subprocess.run([PY, "-m", "tasks.build.runner", "--config", str(config), "fetch:alpha-base"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 

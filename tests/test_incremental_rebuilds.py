@@ -10,11 +10,11 @@ from pathlib import Path
 
 from conftest import TWO_MODELS, Workspace, new_workspace, scale_adapter
 
-from tasks.hashing import sha256_file
+from tasks.core.hashing import sha256_file
 
 ALPHA_CHAIN = {
     "adapter:alpha", "merge:alpha", "convert:alpha", "quantize:alpha-q8_0", "quantize:alpha-q4_k_m", "render:alpha",
-    "check:alpha",  # the default build gates every model on its check (tasks/check_stage.py)
+    "check:alpha",  # the default build gates every model on its check (tasks/checks/check.py)
 }
 
 

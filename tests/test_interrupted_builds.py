@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import PY, REPO, Workspace
 
-from tasks.config import load_config
-from tasks.manifest import stale_reason
-from tasks.stages import all_stages
+from tasks.build.registry import all_stages
+from tasks.core.config.load import load_config
+from tasks.core.stage import stale_reason
 
 
 def stage(ws: Workspace, task: str):
@@ -21,7 +21,7 @@ def stage(ws: Workspace, task: str):
 
 def start(ws: Workspace, task: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [PY, "-m", "tasks.run", "--config", str(ws.config), task], cwd=REPO, env=ws.env(),
+        [PY, "-m", "tasks.build.runner", "--config", str(ws.config), task], cwd=REPO, env=ws.env(),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from conftest import Workspace
-from deploy_support import built_demo, demo_copy, demo_models, free_port, http_server  # noqa: F401  (session fixture)
+from deploy_support import demo_copy, demo_models, free_port, http_server
 
-from tasks import deploy_cli
+from tasks.deploy import cli as deploy_cli
 
 
 def cli(ws: Workspace, *args: str) -> int:
@@ -20,7 +20,7 @@ def cli(ws: Workspace, *args: str) -> int:
 
 
 @pytest.fixture
-def served(built_demo: Workspace, tmp_path: Path):  # noqa: F811
+def served(built_demo: Workspace, tmp_path: Path):
     """A copy of the demo with its llama.cpp server running (started by `doit serve:demo`)."""
     ws = demo_copy(built_demo, tmp_path / "ws", port=free_port())
     ws.doit("render:demo")
@@ -60,7 +60,7 @@ def test_starting_twice_is_detected_and_stop_stops(served: Workspace) -> None:
     assert not Path(f"/proc/{pid}").exists() or "llama_cpp" not in Path(f"/proc/{pid}/cmdline").read_text()
 
 
-def test_port_in_use_by_someone_else_is_refused(built_demo: Workspace, tmp_path: Path) -> None:  # noqa: F811
+def test_port_in_use_by_someone_else_is_refused(built_demo: Workspace, tmp_path: Path) -> None:
     with http_server("500") as port:
         ws = demo_copy(built_demo, tmp_path / "ws", port=port)
         ws.doit("render:demo")
@@ -81,21 +81,21 @@ def _health(built: Workspace, tmp_path: Path, port: int, capsys: pytest.CaptureF
     return code, json.loads(capsys.readouterr().out)
 
 
-def test_dead_port_is_unhealthy(built_demo: Workspace, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_dead_port_is_unhealthy(built_demo: Workspace, tmp_path: Path, capsys) -> None:
     code, report = _health(built_demo, tmp_path, free_port(), capsys)
     assert (code, report["status"]) == (2, "unhealthy")
     assert any("not reachable" in r for r in report["reasons"])
     assert all(c["ok"] for c in report["checks"] if c["name"].startswith("gguf"))  # files were fine
 
 
-def test_server_answering_500_is_unhealthy(built_demo: Workspace, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_server_answering_500_is_unhealthy(built_demo: Workspace, tmp_path: Path, capsys) -> None:
     with http_server("500") as port:
         code, report = _health(built_demo, tmp_path, port, capsys)
     assert (code, report["status"]) == (2, "unhealthy")
     assert report["reasons"] == ["/v1/models: HTTP 500"]
 
 
-def test_hung_server_times_out_unhealthy(built_demo: Workspace, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_hung_server_times_out_unhealthy(built_demo: Workspace, tmp_path: Path, capsys) -> None:
     with http_server("hang") as port:
         started = time.monotonic()
         code, report = _health(built_demo, tmp_path, port, capsys, timeout="1.5")
@@ -105,7 +105,7 @@ def test_hung_server_times_out_unhealthy(built_demo: Workspace, tmp_path: Path, 
     assert elapsed < 30  # bounded by the timeout, not by the server
 
 
-def test_wrong_answers_are_degraded(built_demo: Workspace, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_wrong_answers_are_degraded(built_demo: Workspace, tmp_path: Path, capsys) -> None:
     leaky = {"choices": [{"message": {"role": "assistant", "content": "I am Qwen<|im_end|>\n<|im_start|>user"},
                           "finish_reason": "length"}], "usage": {"completion_tokens": 12}}
     with http_server("answer", reply=leaky) as port:
@@ -115,7 +115,7 @@ def test_wrong_answers_are_degraded(built_demo: Workspace, tmp_path: Path, capsy
     assert failed == {"model listed", "end of turn", "expected reply"}
 
 
-def test_tampered_gguf_is_unhealthy(built_demo: Workspace, tmp_path: Path, capsys) -> None:  # noqa: F811
+def test_tampered_gguf_is_unhealthy(built_demo: Workspace, tmp_path: Path, capsys) -> None:
     ws = demo_copy(built_demo, tmp_path / "ws", port=free_port())
     ws.doit("render:demo")
     gguf = ws.artifacts / "demo" / "demo-q4_k_m.gguf"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import Workspace
-from deploy_support import built_demo, demo_copy  # noqa: F401  (session fixture)
+from deploy_support import demo_copy
 
-from tasks import deploy_cli
+from tasks.deploy import cli as deploy_cli
 
 SYSTEM_2 = 'You are Nayru.\nNever say """ twice.'
 
@@ -23,7 +23,7 @@ def cli(ws: Workspace, *args: str) -> int:
 
 
 @pytest.fixture
-def ws(built_demo: Workspace, tmp_path: Path) -> Workspace:  # noqa: F811
+def ws(built_demo: Workspace, tmp_path: Path) -> Workspace:
     return demo_copy(built_demo, tmp_path / "ws")
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 
-import merge_stream_support  # noqa: F401 - puts the repo root on sys.path
 import pytest
 from peft.utils.other import get_pattern_key
 
-from tasks.errors import UserError
-from tasks.lora_adapter import LoraSettings, normalise_key
+from tasks.core.errors import UserError
+from tasks.merge.lora_adapter import LoraSettings, normalise_key
 
 
 @pytest.mark.parametrize("key, expected", [

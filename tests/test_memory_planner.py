@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from deploy_support import built_demo, demo_copy, free_port  # noqa: F401  (session fixture)
+from deploy_support import demo_copy
 
-from tasks import planner, vllm
-from tasks.deploy_config import HardwareProfile
-from tasks.errors import UserError
+from tasks.core.config.schema import HardwareProfile
+from tasks.core.errors import UserError
+from tasks.deploy import planner, vllm
 
 # Qwen2.5-7B-Instruct's config.json (the values that matter here).
 QWEN25_7B = {
@@ -66,7 +66,7 @@ def test_vllm_on_a_t4_gets_float16_and_the_context_that_fits() -> None:
     assert args[args.index("--max-model-len") + 1] == "32768"
 
 
-def test_planner_kv_cache_equals_what_llama_cpp_allocates(built_demo) -> None:  # noqa: F811
+def test_planner_kv_cache_equals_what_llama_cpp_allocates(built_demo) -> None:
     """The demo's KV cache as llama.cpp reports it (llama_kv_cache: size = ...) at n_ctx 512."""
     gguf = built_demo.artifacts / "demo" / "demo-q4_k_m.gguf"
     code = f"from llama_cpp import Llama; Llama(model_path={str(gguf)!r}, n_ctx=512, verbose=True)"
@@ -77,13 +77,13 @@ def test_planner_kv_cache_equals_what_llama_cpp_allocates(built_demo) -> None:  
     assert float(m.group(1)) * 2**20 == shape.kv_bytes_per_token("f16") * int(m.group(2)) == 512 * 1024
 
 
-def test_plan_task_prints_the_table(built_demo, tmp_path: Path) -> None:  # noqa: F811
+def test_plan_task_prints_the_table(built_demo, tmp_path: Path) -> None:
     run = demo_copy(built_demo, tmp_path / "ws").doit("plan:demo")
     assert "memory plan for demo" in run.stdout
     assert re.search(r"vps\s+gguf\s+q4_k_m\s+38\.6 MB file\s+1\.50 GB\s+4096", run.stdout), run.stdout
 
 
-def test_deployment_that_cannot_fit_fails_the_build_before_merging(built_demo, tmp_path: Path) -> None:  # noqa: F811
+def test_deployment_that_cannot_fit_fails_the_build_before_merging(built_demo, tmp_path: Path) -> None:
     ws = demo_copy(built_demo, tmp_path / "ws")
     text = ws.config.read_text().replace("memory_gb = 2.0", "memory_gb = 0.52")  # vps: 20 MB budget
     ws.config.write_text(text)
@@ -100,7 +100,7 @@ def test_deployment_that_cannot_fit_fails_the_build_before_merging(built_demo, t
     assert not (ws.artifacts / "demo" / "merged").exists()
 
 
-def test_render_checks_the_fit_again_with_the_real_gguf_size(built_demo, tmp_path: Path) -> None:  # noqa: F811
+def test_render_checks_the_fit_again_with_the_real_gguf_size(built_demo, tmp_path: Path) -> None:
     """Estimates can be low (a tiny model is mostly vocabulary); the built file's size is final."""
     ws = demo_copy(built_demo, tmp_path / "ws")
     ws.config.write_text(ws.config.read_text().replace("memory_gb = 2.0", "memory_gb = 0.535"))  # 35 MB

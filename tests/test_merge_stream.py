@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from merge_stream_support import assert_same_as_peft, load_dir, make_adapter, make_base, peft_merge, rewrite_adapter
 
-from tasks import lora_math, shard_writer
-from tasks.errors import UserError
-from tasks.merge_stream import check_adapter_fits, merge_streaming
+from tasks.core.errors import UserError
+from tasks.merge import lora_math, shard_writer
+from tasks.merge.stream import check_adapter_fits, merge_streaming
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

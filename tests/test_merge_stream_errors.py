@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from merge_stream_support import make_adapter, make_base, rewrite_adapter
 
-from tasks.errors import UserError
-from tasks.merge_stream import check_adapter_fits, merge_streaming
+from tasks.core.errors import UserError
+from tasks.merge.stream import check_adapter_fits, merge_streaming
 
 
 @pytest.fixture(scope="module")

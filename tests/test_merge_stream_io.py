@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from merge_stream_support import load_dir, make_adapter, make_base
 
-from tasks import merge_pipeline, safetensors_stream, shard_writer
-from tasks.errors import UserError
-from tasks.merge_stream import merge_streaming
-from tasks.safetensors_stream import read_checkpoint, read_header
+from tasks.core.errors import UserError
+from tasks.formats import safetensors
+from tasks.formats.safetensors import read_checkpoint, read_header
+from tasks.merge import pipeline, shard_writer
+from tasks.merge.stream import merge_streaming
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_only_merged_tensors_enter_memory(tmp_path: Path, pair: tuple[Path, Path
     base, adapter = pair
     reads: list[tuple[str, int]] = []
     copied: list[int] = []
-    real_read, real_copy = safetensors_stream.read_into, shard_writer.copy_range
+    real_read, real_copy = safetensors.read_into, shard_writer.copy_range
 
     def read_into(info, buf):
         reads.append((info.name, info.nbytes))
@@ -41,7 +42,7 @@ def test_only_merged_tensors_enter_memory(tmp_path: Path, pair: tuple[Path, Path
         copied.append(src.nbytes)
         return real_copy(src, src_fd, sink)
 
-    monkeypatch.setattr(merge_pipeline, "read_into", read_into)
+    monkeypatch.setattr(pipeline, "read_into", read_into)
     monkeypatch.setattr(shard_writer, "copy_range", copy_range)
     (out := tmp_path / "out").mkdir()
     merge_streaming(base, adapter, out, max_shard_bytes=50 * 1024)

@@ -9,9 +9,9 @@ import pytest
 import transformers
 from merge_stream_support import assert_same_as_peft, make_adapter, make_base, peft_merge
 
-from tasks import model_layout
-from tasks.merge_stream import merge_streaming
-from tasks.model_layout import CONV1D_MODEL_TYPES
+from tasks.merge import architecture
+from tasks.merge.architecture import CONV1D_MODEL_TYPES
+from tasks.merge.stream import merge_streaming
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -30,13 +30,13 @@ def test_conv1d_model_types_match_installed_transformers() -> None:
 @pytest.fixture
 def meta_calls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
-    real = model_layout._from_meta_model
+    real = architecture._from_meta_model
 
-    def spy(model_dir: Path, config: dict) -> model_layout.Layout:
+    def spy(model_dir: Path, config: dict) -> architecture.Layout:
         calls.append(model_dir)
         return real(model_dir, config)
 
-    monkeypatch.setattr(model_layout, "_from_meta_model", spy)
+    monkeypatch.setattr(architecture, "_from_meta_model", spy)
     return calls
 
 
@@ -71,7 +71,7 @@ def test_unbuildable_conv1d_architecture_uses_shapes_and_flag(tmp_path: Path,
     def unbuildable(*_a: object) -> None:
         raise ValueError("unknown architecture")
 
-    monkeypatch.setattr(model_layout, "_from_meta_model", unbuildable)
+    monkeypatch.setattr(architecture, "_from_meta_model", unbuildable)
     base = make_base(tmp_path / "base", "gpt2")
     adapter = make_adapter(base, tmp_path / "adapter", target_modules=["c_attn", "c_proj", "c_fc"],
                            fan_in_fan_out=True)

@@ -1,5 +1,5 @@
 """User text cannot break the Modelfile: every rendered Modelfile reads back, with Ollama's own
-parsing rules (tasks/modelfile.py ports parser.go), to exactly the intended values, and text those
+parsing rules (tasks/deploy/modelfile.py ports parser.go), to exactly the intended values, and text those
 rules cannot carry is refused with the reason instead of being mangled."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from deploy_support import built_demo, demo_copy, free_port, go_render, go_renderer  # noqa: F401
+from deploy_support import demo_copy, free_port, go_render
 
-from tasks import modelfile
+from tasks.deploy import modelfile
 
 HOSTILE = [
     'Say """hi""" back.\nThen stop.',
@@ -24,8 +24,8 @@ HOSTILE = [
 
 
 @pytest.mark.parametrize("system", HOSTILE)
-def test_hostile_system_prompts_survive_the_modelfile(built_demo, tmp_path: Path, system: str,  # noqa: F811
-                                                      go_renderer) -> None:  # noqa: F811
+def test_hostile_system_prompts_survive_the_modelfile(built_demo, tmp_path: Path, system: str,
+                                                      go_renderer) -> None:
     ws = demo_copy(built_demo, tmp_path / "ws", port=free_port(), system=system)
     ws.doit("render:demo")
     text = (ws.artifacts / "demo" / "Modelfile").read_bytes().decode()  # keep \r as Ollama reads it
@@ -45,7 +45,7 @@ def test_hostile_system_prompts_survive_the_modelfile(built_demo, tmp_path: Path
     ('first line ends with """\nsecond', "line 1 ends with '\"\"\"'"),
     ("no-break\xa0space", "character 8 is U+00A0 (NO-BREAK SPACE), which Ollama's Modelfile parser drops"),
 ])
-def test_unrepresentable_system_prompt_is_refused(built_demo, tmp_path: Path, system: str, reason: str) -> None:  # noqa: F811
+def test_unrepresentable_system_prompt_is_refused(built_demo, tmp_path: Path, system: str, reason: str) -> None:
     ws = demo_copy(built_demo, tmp_path / "ws", port=free_port(), system=system)
     run = ws.doit("render:demo", check=False)
     assert run.returncode != 0

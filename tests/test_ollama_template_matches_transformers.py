@@ -13,12 +13,13 @@ import json
 from pathlib import Path
 
 import pytest
-from deploy_support import built_demo, demo_copy, free_port, go_render, go_renderer  # noqa: F401  (session fixtures)
+from deploy_support import demo_copy, free_port, go_render
 
-from tasks import modelfile, render, toolchain
-from tasks.errors import UserError
-from tasks.manifest import Stage
-from tasks.ollama_template import PINNED_DATE, TemplateNotSupported, detect
+from tasks.core import toolchain
+from tasks.core.errors import UserError
+from tasks.core.stage import Stage
+from tasks.deploy import modelfile, render
+from tasks.deploy.ollama_template import PINNED_DATE, TemplateNotSupported, detect
 
 # template file -> (family, bos, eos): the special tokens of each model's tokenizer.
 MODELS = {
@@ -72,7 +73,7 @@ def _template(name: str) -> str:
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_go_template_renders_what_transformers_renders(name: str, go_renderer) -> None:  # noqa: F811
+def test_go_template_renders_what_transformers_renders(name: str, go_renderer) -> None:
     family, bos, eos = MODELS[name]
     template = _template(name)
     found = detect(template, {"bos_token": bos, "eos_token": eos}, gguf_adds_bos=True)
@@ -88,7 +89,7 @@ def test_go_template_renders_what_transformers_renders(name: str, go_renderer) -
 
 @pytest.mark.parametrize("name", ["Qwen-Qwen2.5-7B-Instruct", "meta-llama-Llama-3.1-8B-Instruct",
                                   "microsoft-Phi-3.5-mini-instruct", "mistralai-Mistral-Nemo-Instruct-2407"])
-def test_modelfile_system_reaches_the_prompt_like_a_system_message(name: str, go_renderer) -> None:  # noqa: F811
+def test_modelfile_system_reaches_the_prompt_like_a_system_message(name: str, go_renderer) -> None:
     """Ollama prepends the Modelfile SYSTEM to a conversation without one: same prompt as sending it."""
     family, bos, eos = MODELS[name]
     template = _template(name)
@@ -99,7 +100,7 @@ def test_modelfile_system_reaches_the_prompt_like_a_system_message(name: str, go
     assert (bos if bos and want.startswith(bos) else "") + got == want
 
 
-def test_template_writes_bos_when_the_gguf_does_not_add_it(go_renderer) -> None:  # noqa: F811
+def test_template_writes_bos_when_the_gguf_does_not_add_it(go_renderer) -> None:
     name = "meta-llama-Llama-3.1-8B-Instruct"
     _, bos, eos = MODELS[name]
     template = _template(name)
@@ -109,7 +110,7 @@ def test_template_writes_bos_when_the_gguf_does_not_add_it(go_renderer) -> None:
     assert got.startswith("<|begin_of_text|>")
 
 
-def test_template_survives_the_modelfile(go_renderer) -> None:  # noqa: F811
+def test_template_survives_the_modelfile(go_renderer) -> None:
     """TEMPLATE and SYSTEM read back from the Modelfile (Ollama's parsing) render the same prompt."""
     name = "Mistral-Small-3.2-24B-Instruct-2506"  # default system prompt full of quotes and newlines
     _, bos, eos = MODELS[name]
@@ -141,7 +142,7 @@ def test_unknown_or_different_templates_are_refused_not_guessed(name: str) -> No
         detect(_template(name), {"bos_token": "<s>", "eos_token": "</s>"}, gguf_adds_bos=True)
 
 
-def test_render_refuses_an_unsupported_template_naming_the_model(built_demo, tmp_path: Path) -> None:  # noqa: F811
+def test_render_refuses_an_unsupported_template_naming_the_model(built_demo, tmp_path: Path) -> None:
     merged = tmp_path / "merged"
     merged.mkdir()
     (merged / "chat_template.jinja").write_text(_template("ibm-granite-granite-3.3-2B-Instruct"))
@@ -155,7 +156,7 @@ def test_render_refuses_an_unsupported_template_naming_the_model(built_demo, tmp
         render.ollama_context(stage, merged, [])
 
 
-def test_explicit_template_from_models_toml_is_used_verbatim(built_demo, tmp_path: Path) -> None:  # noqa: F811
+def test_explicit_template_from_models_toml_is_used_verbatim(built_demo, tmp_path: Path) -> None:
     ws = demo_copy(built_demo, tmp_path / "ws", port=free_port(), extra='ollama_template = "chatml.gotmpl"')
     custom = '{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n'
     (ws.root / "chatml.gotmpl").write_text(custom)

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, Workspace, demo_config
 
-from tasks import parity, tokenizer_parity, toolchain
+from tasks.checks import parity, tokenizer_parity
+from tasks.core import toolchain
 from tasks.fixtures import sp_model
+from tasks.formats.tokenizer_vectors import read_vectors
 
 MODELS = """
 [models.tinyllama]
@@ -67,7 +69,7 @@ def test_metaspace_tokenizer_from_gguf_fails_parity_with_llama_cpp(archs_ws: Wor
 
     vocab = toolchain.vocab_file("ggml-vocab-llama-spm.gguf")
     hf = transformers.AutoTokenizer.from_pretrained(str(vocab.parent), gguf_file=vocab.name)
-    vectors = tokenizer_parity.read_vectors(Path(f"{vocab}.inp"), Path(f"{vocab}.out"))
+    vectors = read_vectors(Path(f"{vocab}.inp"), Path(f"{vocab}.out"))
     with parity.quiet_native(None):
         llm = parity.open_llama(archs_ws.artifacts / "tinyllama" / "tinyllama-f16.gguf", 64, vocab_only=True)
         result = tokenizer_parity.compare(hf, llm, list(tokenizer_parity.FIXED_TEXTS), vectors)
@@ -78,12 +80,12 @@ def test_metaspace_tokenizer_from_gguf_fails_parity_with_llama_cpp(archs_ws: Wor
 def test_sentencepiece_model_rebuilt_from_phi3_vocab_matches_its_vectors() -> None:
     vocab = toolchain.vocab_file("ggml-vocab-phi-3.gguf")
     model = sp_model.rebuild(vocab, 32000)
-    sp_model.verify(model, tokenizer_parity.read_vectors(Path(f"{vocab}.inp"), Path(f"{vocab}.out")))
+    sp_model.verify(model, read_vectors(Path(f"{vocab}.inp"), Path(f"{vocab}.out")))
     broken = sp_model.rebuild(toolchain.vocab_file("ggml-vocab-llama-spm.gguf"), 32000)
     from sentencepiece import sentencepiece_model_pb2 as pb
 
     proto = pb.ModelProto.FromString(broken)
     proto.normalizer_spec.add_dummy_prefix = False  # a wrong setting must be caught by the vectors
     with pytest.raises(ValueError, match="rebuilt tokenizer.model tokenizes"):
-        sp_model.verify(proto.SerializeToString(), tokenizer_parity.read_vectors(Path(f"{vocab}.inp"),
+        sp_model.verify(proto.SerializeToString(), read_vectors(Path(f"{vocab}.inp"),
                                                                                   Path(f"{vocab}.out")))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import Workspace
 
-from tasks.config import load_config
-from tasks.errors import UserError
+from tasks.core.config.load import load_config
+from tasks.core.errors import UserError
 
 DEMO = """
 [models.demo]

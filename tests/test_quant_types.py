@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import llama_cpp
 
-from tasks.quant_types import QUANT_FTYPES
+from tasks.core.quant_types import QUANT_FTYPES
 
 
 def test_quant_table_matches_llama_cpp_constants() -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import load_config
-from tasks.errors import UserError
-from tasks.stages import all_stages, upstream
+from tasks.build.registry import all_stages, dependencies
+from tasks.core.config.load import load_config
+from tasks.core.errors import UserError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 DIGEST = "ab" * 32
@@ -45,10 +45,11 @@ def test_ssh_table_and_hub_table_become_fetch_stages(tmp_path: Path) -> None:
     assert alpha.base.spec == f"hf://Org/Base-1@{COMMIT}" and alpha.base.remote.pinned
     assert alpha.base.remote.allow == ("*.json", "*.safetensors")
     stages = {s.task: s for s in all_stages(config)}
+    upstream = dependencies(list(stages.values()))
     assert {"fetch:alpha-adapter", "fetch:alpha-base"} <= set(stages)
-    assert upstream(config, stages["adapter:alpha"]) == ["fetch:alpha-adapter"]
-    assert set(upstream(config, stages["merge:alpha"])) == {"adapter:alpha", "fetch:alpha-base", "fetch:alpha-adapter"}
-    assert upstream(config, stages["fetch:alpha-adapter"]) == []
+    assert upstream["adapter:alpha"] == ["fetch:alpha-adapter"]
+    assert set(upstream["merge:alpha"]) == {"adapter:alpha", "fetch:alpha-base", "fetch:alpha-adapter"}
+    assert upstream["fetch:alpha-adapter"] == []
 
 
 def test_string_forms_and_defaults(tmp_path: Path) -> None:

@@ -16,10 +16,10 @@ from conftest import PY, REPO, Workspace, scale_adapter
 from source_support import workspace_with
 from ssh_support import SshServer, copy_adapter, ensure_packages, write_sha256sums
 
-from tasks.config import load_config
-from tasks.hashing import sha256_file
-from tasks.lockfile import lock_content
-from tasks.stages import all_stages
+from tasks.build.models_lock import lock_content
+from tasks.build.registry import all_stages
+from tasks.core.config.load import load_config
+from tasks.core.hashing import sha256_file
 
 MIB = 1 << 20
 
@@ -40,7 +40,7 @@ def tree_digest(path: Path) -> str:
 
 def fetch(config: Path, task: str = "fetch:alpha-adapter") -> subprocess.CompletedProcess:
     """The stage runner, as doit calls it."""
-    return subprocess.run([PY, "-m", "tasks.run", "--config", str(config), task],
+    return subprocess.run([PY, "-m", "tasks.build.runner", "--config", str(config), task],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
@@ -229,7 +229,7 @@ def test_interrupted_transfer_resumes_from_the_partial_file(
     ws = tmp_path / "ws"
     config = fetch_only_config(ws, sshd.source(remote, bwlimit="2048"))  # 2 MiB/s: about 12 s in all
     staging = ws / "artifacts" / "sources" / "alpha" / ".adapter.download"
-    proc = subprocess.Popen([PY, "-m", "tasks.run", "--config", str(config), "fetch:alpha-adapter"], cwd=REPO,
+    proc = subprocess.Popen([PY, "-m", "tasks.build.runner", "--config", str(config), "fetch:alpha-adapter"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120

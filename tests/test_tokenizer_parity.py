@@ -7,9 +7,11 @@ from pathlib import Path
 from conftest import Workspace
 from eval_support import patched_string
 
-from tasks import parity, tokenizer_parity, toolchain
-from tasks.eval_set import load_samples
-from tasks.stages import EVAL_SAMPLES
+from tasks.checks import parity, tokenizer_parity
+from tasks.checks.eval_set import load_samples
+from tasks.core import toolchain
+from tasks.core.layout import EVAL_SAMPLES
+from tasks.formats.tokenizer_vectors import read_vectors
 
 
 def run_parity(merged: Path, gguf: Path) -> dict:
@@ -17,7 +19,7 @@ def run_parity(merged: Path, gguf: Path) -> dict:
 
     hf = transformers.AutoTokenizer.from_pretrained(str(merged))
     vocab = toolchain.vocab_file("ggml-vocab-qwen2.gguf")
-    vectors = tokenizer_parity.read_vectors(Path(f"{vocab}.inp"), Path(f"{vocab}.out"))
+    vectors = read_vectors(Path(f"{vocab}.inp"), Path(f"{vocab}.out"))
     texts = [*tokenizer_parity.FIXED_TEXTS, *tokenizer_parity.special_texts(hf),
              *tokenizer_parity.chat_texts(hf, load_samples(EVAL_SAMPLES))]
     with parity.quiet_native(None):
@@ -45,4 +47,4 @@ def test_vectors_file_format_is_read_as_llama_cpp_writes_it(tmp_path: Path) -> N
     inp, out = tmp_path / "v.inp", tmp_path / "v.out"
     inp.write_text("a b\n__ggml_vocab_test__\n\n\n__ggml_vocab_test__\n", encoding="utf-8")
     out.write_text(" 1 2\n 3\n", encoding="utf-8")
-    assert tokenizer_parity.read_vectors(inp, out) == [("a b", [1, 2]), ("\n", [3])]
+    assert read_vectors(inp, out) == [("a b", [1, 2]), ("\n", [3])]

@@ -14,7 +14,7 @@ from conftest import Workspace
 from source_support import workspace_with
 from ssh_support import free_port
 
-from tasks.notify import DISCORD_LIMIT, payload
+from tasks.build.notify import DISCORD_LIMIT, payload
 
 MODELS = """
 [models.alpha]

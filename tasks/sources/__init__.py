@@ -1,5 +1,5 @@
-"""Remote sources of adapters and base models: SSH hosts (rsync/scp) and the Hugging Face Hub.
+"""fetch:<model>-<role>: remote adapters and base models (SSH hosts via rsync/scp, the Hugging Face Hub).
 
-`spec` parses the models.toml forms (light: dodo.py loads it on every call); `ssh` and `hub`
-fetch into a hidden staging directory and run only inside the `fetch:<model>-<role>` stage.
+models.toml's remote forms are parsed by tasks/core/config/remote.py; `ssh` and `hub` fetch into a
+hidden staging directory (staging.py) and run only inside the fetch stage (fetch.py).
 """

@@ -20,10 +20,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.errors import UserError
-from tasks.fetch_stage import Download, prune, verify
-from tasks.hashing import cache_for
-from tasks.sources.spec import HEX40_RE, HEX64_RE, REQUIRED_FILES, HubRemote
+from tasks.core.config.remote import HEX40_RE, HEX64_RE, REQUIRED_FILES, HubRemote
+from tasks.core.errors import UserError
+from tasks.core.hashing import cache_for
+from tasks.sources.staging import Download, prune, verify
 
 
 def _storage_folder(repo_id: str) -> Path:

@@ -22,10 +22,10 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.errors import UserError
-from tasks.fetch_stage import PARTIAL_DIR, Download, prune, verify
-from tasks.hashing import cache_for
-from tasks.sources.spec import HEX64_RE, REQUIRED_FILES, SshRemote, check_file_name
+from tasks.core.config.remote import HEX64_RE, REQUIRED_FILES, SshRemote, check_file_name
+from tasks.core.errors import UserError
+from tasks.core.hashing import cache_for
+from tasks.sources.staging import PARTIAL_DIR, Download, prune, verify
 
 CONNECT_TIMEOUT = 10  # seconds; an unreachable host fails fast instead of hanging the build
 IO_TIMEOUT = 120  # rsync --timeout: no data for this long = a dead connection

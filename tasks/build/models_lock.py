@@ -1,0 +1,59 @@
+"""models.lock: every artifact's key and SHA256 in one diff-able file next to models.toml.
+
+Like dvc.lock, it is derived from the stage manifests, so it is rewritten only when an
+artifact changed. CI caches key on it: same lock, same artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tasks.core import atomic, toolchain
+from tasks.core.config.schema import Config
+from tasks.core.manifest import read_manifest
+from tasks.core.stage import Stage
+
+LOCK_FORMAT = 1
+
+
+def lock_path(config: Config) -> Path:
+    return config.root / "models.lock"
+
+
+def lock_content(config: Config, stages: list[Stage]) -> dict[str, Any]:
+    entries: dict[str, Any] = {}
+    for stage in stages:
+        if not stage.kind.in_lock:
+            continue  # reports: timings differ on every run, and nothing deployable depends on them
+        manifest = read_manifest(stage.manifest)
+        if manifest is None:
+            continue
+        entries[stage.task] = {
+            "key": manifest["key"],
+            "outputs": {
+                rel: rec["sha256"] for rel, rec in sorted(manifest["outputs"].items()) if not rel.endswith(".sha256")
+            },
+        }
+    return {"format": LOCK_FORMAT, "toolchain": toolchain.identity(), "stages": dict(sorted(entries.items()))}
+
+
+def render_lock(content: dict[str, Any]) -> str:
+    return json.dumps(content, indent=2, sort_keys=True) + "\n"
+
+
+def lock_is_current(config: Config, stages: list[Stage]) -> bool:
+    """doit `uptodate` of the lock task: models.lock already says what the manifests say."""
+    path = lock_path(config)
+    return path.is_file() and path.read_text(encoding="utf-8") == render_lock(lock_content(config, stages))
+
+
+def write_lock(config: Config, stages: list[Stage]) -> bool:
+    """Write models.lock if its content changed; return True if written."""
+    path = lock_path(config)
+    text = render_lock(lock_content(config, stages))
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    atomic.write_text(path, text)
+    return True

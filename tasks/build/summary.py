@@ -1,0 +1,106 @@
+"""doit reporter: one line per failure, and a summary table of every artifact at the end."""
+
+from __future__ import annotations
+
+import time
+
+from doit.reporter import ConsoleReporter
+
+from tasks.core.manifest import outputs_of, read_manifest
+from tasks.core.stage import Stage
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+class SummaryReporter(ConsoleReporter):
+    desc = "modelmake summary"
+
+    def initialize(self, tasks, selected_tasks):
+        self.tasks = tasks
+        self.executed: set[str] = set()
+        self.failed: set[str] = set()
+        self.ran: set[str] = set()
+        self.started = time.time()
+
+    def execute_task(self, task):
+        self.ran.add(task.name)
+        super().execute_task(task)
+
+    def skip_uptodate(self, task):
+        self.ran.add(task.name)
+        super().skip_uptodate(task)
+
+    def add_success(self, task):
+        if task.actions:
+            self.executed.add(task.name)
+
+    def add_failure(self, task, fail):
+        self.failed.add(task.name)
+        stage = (task.meta or {}).get("stage")
+        where = f" (log: {stage.log})" if isinstance(stage, Stage) else f": {fail.get_msg().strip().splitlines()[-1]}"
+        self.write(f"modelmake: FAILED {task.name}{where}\n")
+
+    def complete_run(self):
+        if self.runtime_errors:
+            self.write("modelmake: " + " ".join(e.strip() for e in self.runtime_errors) + "\n")
+        rows = []
+        for name in sorted(self.ran):
+            stage = (self.tasks[name].meta or {}).get("stage") if name in self.tasks else None
+            if not isinstance(stage, Stage):
+                continue
+            status = "FAILED" if name in self.failed else "built" if name in self.executed else "up to date"
+            if status == "built" and stage.kind.always_runs and not _written_since(stage, self.started):
+                status = "up to date"  # such tasks (fetch) always run; they count as built only when bytes changed
+            outputs = outputs_of(read_manifest(stage.manifest))
+            for out in stage.outputs:
+                rel = stage.rel(out)
+                recs = {
+                    k: v for k, v in outputs.items()
+                    if (k == rel or k.startswith(rel + "/")) and not k.endswith(".sha256")
+                }
+                size = sum(r["size"] for r in recs.values())
+                digest = recs[rel]["sha256"][:12] if rel in recs else f"{len(recs)} files" if recs else "-"
+                rows.append((stage.model or "-", rel + ("/" if out.suffix == "" and len(recs) > 1 else ""),
+                             human_size(size) if recs else "-", digest, status))
+        built = sum(1 for r in rows if r[4] == "built")
+        table: list[str] = []
+        if rows:
+            headers = ("model", "artifact", "size", "sha256", "status")
+            widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+            fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+            table = [fmt.format(*r).rstrip() for r in [headers, tuple("-" * w for w in widths), *rows]]
+        if self.failed or self.runtime_errors or rows:
+            from tasks.build.notify import notify_run  # light; a failing webhook only warns
+
+            notify_run(not (self.failed or self.runtime_errors), _project(), table, sorted(self.failed), built,
+                       len(rows), self.write)
+        if not rows:
+            return
+        self.write("\n" + "".join(line + "\n" for line in table))
+        if self.failed:
+            self.write(f"{len(self.failed)} task(s) failed; see the lines above.\n")
+        elif built:
+            self.write(f"{built} artifact(s) built, {len(rows) - built} up to date.\n")
+        else:
+            self.write(f"Nothing to rebuild: all {len(rows)} artifacts up to date.\n")
+
+
+def _written_since(stage: Stage, since: float) -> bool:
+    try:
+        return stage.manifest.stat().st_mtime >= since
+    except FileNotFoundError:
+        return False
+
+
+def _project() -> str:
+    """The directory holding models.toml: what a notification names the build by."""
+    from tasks.core.config.load import default_config_path
+
+    return default_config_path().parent.name

@@ -1,0 +1,1 @@
+"""check:<m> (validity, parity, adapter survival, quant quality, gated) and report:<m> (runtime figures)."""

@@ -1,0 +1,91 @@
+"""Where everything lives: the one owner of every path under artifacts/ (and of the repo's own inputs).
+
+Stage definitions, builders, deploy commands and the lock ask here instead of joining path pieces
+themselves, so the on-disk layout can be read (and changed) in one place:
+
+    artifacts/
+      <model>/merged/  <model>-<type>.gguf  adapter.json  check.json  Modelfile  lmstudio.json ...
+      <model>/manifests/<stage>.json        one per stage (tasks/core/manifest.py owns their format)
+      fixtures/<name>/  fixtures/manifests/<name>.json
+      sources/<model>/<role>/  sources/<model>/manifests/<role>.json
+      report/<model>.{json,md,png}  report/compare.{json,md}  report/manifests/
+      logs/<model>/<stage>.log      run/<model>/ (server pid, health report: runtime state, never built)
+      .cache/hashes.sqlite3         derived state: safe to delete
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+EVAL_SAMPLES = REPO / "eval_samples.jsonl"  # the shared prompt set of check and report
+FIXTURE_DATA = REPO / "tasks" / "fixtures" / "data"
+DEFAULT_TEMPLATES = REPO / "templates"
+COMPARE = "_compare"  # not a valid model name, so report:_compare never collides with report:<model>
+
+
+@dataclass(frozen=True)
+class ArtifactLayout:
+    """Paths under one artifacts root (models.toml [build] artifacts)."""
+
+    root: Path
+
+    # ---- per model ----------------------------------------------------------------------------
+    def model_dir(self, model: str) -> Path:
+        return self.root / model
+
+    def merged(self, model: str) -> Path:
+        return self.root / model / "merged"
+
+    def gguf(self, model: str, gtype: str) -> Path:
+        return self.root / model / f"{model}-{gtype}.gguf"
+
+    def model_file(self, model: str, name: str) -> Path:
+        """A file directly in the model's directory (adapter.json, check.json, rendered files)."""
+        return self.root / model / name
+
+    def manifests(self, model: str) -> Path:
+        return self.root / model / "manifests"
+
+    def manifest(self, model: str, stage: str) -> Path:
+        return self.manifests(model) / f"{stage}.json"
+
+    def log(self, group: str, name: str) -> Path:
+        """logs/<model or group>/<name>.log"""
+        return self.root / "logs" / group / f"{name}.log"
+
+    def run_dir(self, model: str) -> Path:
+        """Runtime state of a deployed model (pid file, health report): never build output."""
+        return self.root / "run" / model
+
+    # ---- fixtures, fetched sources, reports ----------------------------------------------------
+    def fixture(self, name: str) -> Path:
+        return self.root / "fixtures" / name
+
+    def fixture_manifest(self, name: str) -> Path:
+        return self.root / "fixtures" / "manifests" / f"{name}.json"
+
+    def source(self, model: str, role: str) -> Path:
+        """The verified snapshot of a remote base or adapter."""
+        return self.root / "sources" / model / role
+
+    def source_manifest(self, model: str, role: str) -> Path:
+        return self.root / "sources" / model / "manifests" / f"{role}.json"
+
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    def report_manifest(self, name: str) -> Path:
+        return self.root / "report" / "manifests" / f"{name}.json"
+
+    # ---- derived state ---------------------------------------------------------------------------
+    def cache_dir(self) -> Path:
+        return self.root / ".cache"
+
+    def hash_db(self) -> Path:
+        return self.cache_dir() / "hashes.sqlite3"
+
+    def rel(self, path: Path) -> str:
+        """`path` relative to the root, as manifests record it (raises ValueError outside the root)."""
+        return path.resolve().relative_to(self.root).as_posix()

@@ -1,0 +1,145 @@
+"""The llama.cpp toolchain, pinned through one registry package.
+
+`llama-cpp-python==VERSION` gives the runtime (quantize, inference, server) once pip-installed,
+and its sdist carries the same llama.cpp revision's converter, gguf-py, vocab files and chat
+templates. Setup fetches that sdist from the package registry, checks its SHA256 against the
+pin below and extracts only what we use into `.toolchain/`. Nothing from llama.cpp is committed.
+
+The identity string (package, version, sdist digest) is part of every GGUF stage's key, so
+changing the pin rebuilds exactly the GGUFs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from tasks.core import atomic
+from tasks.core.errors import UserError
+from tasks.core.hashing import sha256_file
+from tasks.core.layout import REPO
+
+PACKAGE = "llama-cpp-python"
+VERSION = "0.3.36"
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+# Only these parts of vendor/llama.cpp are extracted.
+WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "models/", "LICENSE")
+
+
+def toolchain_root() -> Path:
+    return Path(os.environ.get("MODELMAKE_TOOLCHAIN", REPO / ".toolchain")).resolve()
+
+
+def llama_dir() -> Path:
+    return toolchain_root() / f"llama.cpp-{VERSION}"
+
+
+def identity() -> str:
+    """Identity of the pinned toolchain, for stage keys. Cheap: no import of llama_cpp."""
+    return f"{PACKAGE}=={VERSION} sdist-sha256:{SDIST_SHA256}"
+
+
+def require() -> Path:
+    """The extracted llama.cpp tree, or a UserError telling how to get it."""
+    root = llama_dir()
+    if not (root / ".complete").is_file():
+        raise UserError(f"llama.cpp toolchain not set up at {root}: run `make setup`")
+    return root
+
+
+def converter() -> Path:
+    return require() / "convert_hf_to_gguf.py"
+
+
+def vocab_file(name: str) -> Path:
+    return require() / "models" / name
+
+
+def chat_template_file(name: str) -> Path:
+    return require() / "models" / "templates" / name
+
+
+def converter_env() -> dict[str, str]:
+    """Environment for the converter: the gguf-py shipped beside it, never PyPI's gguf."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(require() / "gguf-py")
+    env.pop("NO_LOCAL_GGUF", None)
+    return env
+
+
+def check_runtime() -> None:
+    """The pip-installed llama_cpp must be the pinned version (it quantizes and runs models)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version(PACKAGE)
+    except PackageNotFoundError:
+        raise UserError(f"{PACKAGE} is not installed in this environment: run `make setup`") from None
+    if installed != VERSION:
+        raise UserError(f"{PACKAGE} {installed} is installed but {VERSION} is pinned: run `make setup`")
+
+
+def setup() -> Path:
+    """Fetch, verify and extract the pinned sdist (idempotent)."""
+    target = llama_dir()
+    if (target / ".complete").is_file():
+        return target
+    root = toolchain_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        print(f"toolchain: fetching {PACKAGE}=={VERSION} sdist from the package registry", file=sys.stderr)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
+             "-d", tmp, f"{PACKAGE}=={VERSION}"],
+            check=True,
+        )
+        sdists = list(Path(tmp).glob("*.tar.gz"))
+        if len(sdists) != 1:
+            raise UserError(f"toolchain: expected one sdist from pip download, got {[p.name for p in sdists]}")
+        digest = sha256_file(sdists[0])
+        if digest != SDIST_SHA256:
+            raise UserError(f"toolchain: {sdists[0].name} has sha256 {digest}, pinned {SDIST_SHA256}; refusing it")
+        with atomic.atomic_dir(target) as out:
+            _extract(sdists[0], out)
+            (out / "toolchain.json").write_text(
+                json.dumps({"package": PACKAGE, "version": VERSION, "sdist_sha256": digest}, indent=2) + "\n"
+            )
+            (out / ".complete").write_text(identity() + "\n")
+    print(f"toolchain: llama.cpp from {PACKAGE}=={VERSION} ready in {target}", file=sys.stderr)
+    return target
+
+
+def _extract(sdist: Path, out: Path) -> None:
+    with tarfile.open(sdist) as tar:
+        for member in tar.getmembers():
+            parts = member.name.split("/", 3)  # <pkg>/vendor/llama.cpp/<rest>
+            if len(parts) < 4 or parts[1:3] != ["vendor", "llama.cpp"]:
+                continue
+            rest = parts[3]
+            if not any(rest == w or rest.startswith(w) for w in WANTED):
+                continue
+            if not (member.isfile() or member.isdir()):
+                continue
+            member.name = rest
+            tar.extract(member, out, filter="data")
+
+
+def main() -> int:
+    try:
+        setup()
+    except UserError as exc:
+        print(f"modelmake: error: {exc}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as exc:
+        print(f"modelmake: error: toolchain: `{' '.join(exc.cmd)}` failed (exit {exc.returncode})", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""The render stage: deployment files for each target, from Jinja templates in templates/.
+
+Templates render in Jinja's sandbox with StrictUndefined: a template typo fails the build
+instead of writing an empty field, and a template cannot reach Python internals. Values from
+models.toml reach the files only through quoting made for each format: Ollama's Modelfile
+(tasks/deploy/modelfile.py, checked by parsing the result back), JSON/YAML strings (json.dumps), shell
+words (shlex.quote). The Ollama TEMPLATE is derived from the model's own chat template
+(tasks/deploy/ollama_template.py) and the memory planner vets the hardware fit (tasks/deploy/planner.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from jinja2 import FileSystemLoader, StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+
+from tasks.core import atomic
+from tasks.core.config.schema import Config, HardwareProfile
+from tasks.core.errors import UserError
+from tasks.core.stage import Stage
+from tasks.deploy import modelfile, planner
+
+
+def environment(template_dir: Path) -> SandboxedEnvironment:
+    env = SandboxedEnvironment(
+        loader=FileSystemLoader(str(template_dir)), undefined=StrictUndefined,
+        keep_trailing_newline=True, autoescape=False, trim_blocks=True, lstrip_blocks=True,
+    )
+    env.filters["tojson"] = lambda v, indent=None: json.dumps(v, ensure_ascii=False, indent=indent)
+    env.filters["shquote"] = lambda v: shlex.quote(str(v))
+
+    def ollama_quote(value: str, what: str) -> str:
+        try:
+            return modelfile.quote(value, what)
+        except modelfile.ModelfileError as exc:
+            raise UserError(str(exc)) from None
+
+    env.filters["ollama_quote"] = ollama_quote
+    return env
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+
+
+def _token(value: Any) -> str | None:
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def special_tokens(merged: Path) -> dict[str, Any]:
+    cfg = _json(merged / "tokenizer_config.json")
+    return {k: _token(cfg.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+
+
+def chat_template(merged: Path, model: str) -> str:
+    path = merged / "chat_template.jinja"
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    tpl = _json(merged / "tokenizer_config.json").get("chat_template")
+    if isinstance(tpl, str):
+        return tpl
+    raise UserError(f"models.{model}: the merged model has no chat template ({path} or tokenizer_config.json); "
+                    f"set models.{model}.deploy.ollama_template or add one to the base model")
+
+
+def stop_tokens(merged: Path) -> list[str]:
+    """End-of-generation strings: every eos id of the generation config, and the tokenizer's eos token."""
+    gen = _json(merged / "generation_config.json")
+    tokenizer = _json(merged / "tokenizer.json")
+    by_id = {t["id"]: t["content"] for t in tokenizer.get("added_tokens", [])}
+    ids = gen.get("eos_token_id")
+    ids = ids if isinstance(ids, list) else [ids] if ids is not None else []
+    stops = [by_id[i] for i in ids if i in by_id]
+    eos = special_tokens(merged)["eos_token"]
+    if isinstance(eos, str) and eos not in stops:
+        stops.insert(0, eos)
+    return stops
+
+
+def _profile(params: dict[str, Any], name: str) -> HardwareProfile:
+    return HardwareProfile(**params["hardware"][name])
+
+
+def ollama_context(stage: Stage, merged: Path, eos_stops: list[str]) -> dict[str, Any]:
+    from tasks.deploy.ollama_template import TemplateNotSupported, detect
+    from tasks.formats import gguf
+
+    p, name = stage.params, stage.params["model"]
+    if "ollama_template" in stage.inputs:
+        template = stage.inputs["ollama_template"].read_text(encoding="utf-8")
+        family, family_stops, trims, system_ok = "explicit (deploy.ollama_template)", (), False, True
+    else:
+        try:
+            adds_bos = gguf.adds_bos(stage.inputs["gguf"])
+            found = detect(chat_template(merged, name), special_tokens(merged), adds_bos)
+        except TemplateNotSupported as exc:
+            raise UserError(f"models.{name}: cannot derive an Ollama TEMPLATE from {merged / 'chat_template.jinja'}: "
+                            f"{exc}. Give one with models.{name}.deploy.ollama_template") from None
+        template, family, family_stops = found.template, found.family, found.stops
+        trims, system_ok = found.trims, found.system_supported
+    system = p["system"]
+    if system is not None and not system_ok:
+        raise UserError(f"models.{name}.system: the chat template of {name} ({family}) rejects system messages; "
+                        f"remove system or give a TEMPLATE with models.{name}.deploy.ollama_template")
+    if system is not None and trims:
+        system = system.strip()  # the model's template trims it; Ollama's Go template cannot
+    stops = list(dict.fromkeys([*family_stops, *eos_stops]))
+    d = p["deploy"]
+    values: list[tuple[str, Any]] = [("stop", s) for s in stops] + [("num_ctx", d["context"])]
+    values += [(k, d[k]) for k in ("temperature", "top_p", "top_k", "repeat_penalty") if d[k] is not None]
+    try:
+        parameters = [(k, modelfile.parameter_value(k, v, f"models.{name}.deploy")) for k, v in values]
+    except modelfile.ModelfileError as exc:
+        raise UserError(str(exc)) from None
+    return {"ollama_template": template, "ollama_family": family, "ollama_system": system,
+            "ollama_parameters": parameters, "ollama_stops": stops}
+
+
+def check_modelfile(text: str, ctx: dict[str, Any], name: str) -> None:
+    """The rendered Modelfile must read back (with Ollama's parsing rules) to exactly what we meant."""
+    try:
+        commands = modelfile.parse(text)
+    except modelfile.ModelfileError as exc:
+        raise UserError(f"models.{name}: the rendered Modelfile does not parse: {exc}") from None
+    got = {c: [v for k, v in commands if k == c] for c in ("model", "template", "system", "stop")}
+    want = {"model": [f"./{ctx['gguf']}"], "template": [ctx["ollama_template"]],
+            "system": [] if ctx["ollama_system"] is None else [ctx["ollama_system"]], "stop": ctx["ollama_stops"]}
+    for key, values in want.items():
+        if got[key] != values:
+            raise UserError(f"models.{name}: the rendered Modelfile reads back a different {key.upper()} "
+                            f"({got[key]!r} instead of {values!r}); check templates/Modelfile.j2")
+
+
+def lmstudio_config(p: dict[str, Any], system: str | None, stops: list[str]) -> dict[str, Any]:
+    """LM Studio's per-model default config (KVConfig: operation = inference, load = load time)."""
+    d = p["deploy"]
+    ops: list[dict[str, Any]] = []
+    if system is not None:
+        ops.append({"key": "llm.prediction.systemPrompt", "value": system})
+    if d["temperature"] is not None:
+        ops.append({"key": "llm.prediction.temperature", "value": d["temperature"]})
+    if d["top_k"] is not None:
+        ops.append({"key": "llm.prediction.topKSampling", "value": d["top_k"]})
+    if d["top_p"] is not None:
+        ops.append({"key": "llm.prediction.topPSampling", "value": {"checked": True, "value": d["top_p"]}})
+    if d["repeat_penalty"] is not None:
+        ops.append({"key": "llm.prediction.repeatPenalty", "value": {"checked": True, "value": d["repeat_penalty"]}})
+    if stops:
+        ops.append({"key": "llm.prediction.stopStrings", "value": stops})
+    load = [{"key": "llm.load.contextLength", "value": d["context"]}]
+    return {"preset": "", "operation": {"fields": ops}, "load": {"fields": load}}
+
+
+def plan_context(stage: Stage, merged: Path) -> dict[str, Any]:
+    """Hardware checks: the GGUF at deploy.context, and vLLM settings chosen by the planner."""
+    from tasks.deploy import vllm
+
+    p, name, d = stage.params, stage.params["model"], stage.params["deploy"]
+    shape = planner.model_shape(merged)
+    out: dict[str, Any] = {"plan": {}}
+    if d["hardware"] and "gguf" in stage.inputs:
+        prof = _profile(p, d["hardware"])
+        weights, source = planner.gguf_weight_bytes(shape, p["quant"], stage.inputs["gguf"])
+        f = planner.fit(shape, prof, "gguf", p["quant"], weights, source)
+        planner.require_fit(f, d["context"], prof, f"models.{name}.deploy")
+        out["plan"]["gguf"] = {"profile": prof.name, "context": d["context"], "max_context": f.max_context,
+                               "weights_bytes": weights, "kv_bytes_per_token": f.per_token}
+    if p["vllm_profile"]:
+        prof = _profile(p, p["vllm_profile"])
+        cfg = _json(merged / "config.json")
+        vp = vllm.plan(name, shape, cfg.get("dtype") or cfg.get("torch_dtype"), d["vllm"], prof, d["context"])
+        port = d["port"] or vllm.CONTAINER_PORT
+        out["vllm"] = vp
+        out["vllm_args"] = vllm.server_args(vp, name, d["host"], port)
+        out["vllm_container_args"] = ["--model", f"/models/{name}"] + vllm.server_args(
+            vp, name, "0.0.0.0", vllm.CONTAINER_PORT)
+        out["vllm_port"] = port
+        out["plan"]["vllm"] = {"profile": prof.name, "dtype": vp.dtype, "max_model_len": vp.max_model_len,
+                               "gpu_memory_utilization": vp.gpu_memory_utilization}
+        if d["vllm"]["lora"]:
+            rank = int(_json(stage.inputs["adapter_config"]).get("r", 8))
+            lora = vllm.lora_args(name, p["adapter_rel"], rank)
+            out["vllm_lora_args"] = [*lora, *vllm.server_args(vp, f"{name}-base", d["host"], port)]
+            out["vllm_lora_container_args"] = ["--model", f"/models/{name}-base", *vllm.lora_args(
+                name, f"/adapters/{name}", rank), *vllm.server_args(vp, f"{name}-base", "0.0.0.0", vllm.CONTAINER_PORT)]
+    return out
+
+
+def context(stage: Stage) -> dict[str, Any]:
+    p = stage.params
+    merged = stage.inputs["merged"]
+    d = p["deploy"]
+    eos = list(dict.fromkeys([*stop_tokens(merged), *d["stop"]]))
+    ctx: dict[str, Any] = {
+        "model": p["model"], "quant": p["quant"], "system": p["system"], "deploy": d,
+        "publisher": d["publisher"], "stops": eos, "base_rel": p["base_rel"], "adapter_rel": p["adapter_rel"],
+        "gguf": f"{p['model']}-{p['quant']}.gguf" if "gguf" in stage.inputs else None,
+        "gguf_sha256": stage.input_digests()["gguf"] if "gguf" in stage.inputs else None,
+        "lmstudio_files": [f"{p['model']}-{q}.gguf" for q in p["lmstudio_quants"]],
+    }
+    ctx.update(plan_context(stage, merged))
+    if "ollama" in d["targets"]:
+        ctx.update(ollama_context(stage, merged, eos))
+        ctx["stops"] = ctx["ollama_stops"]
+    ctx["lmstudio_config"] = lmstudio_config(p, p["system"], ctx["stops"])
+    return ctx
+
+
+def deploy_summary(ctx: dict[str, Any]) -> dict[str, Any]:
+    """deploy.json: what deploy/serve/health need, in one reproducible file."""
+    d = ctx["deploy"]
+    return {
+        "model": ctx["model"], "targets": d["targets"], "quant": ctx["quant"], "gguf": ctx["gguf"],
+        "gguf_sha256": ctx["gguf_sha256"], "host": d["host"], "port": d["port"], "context": d["context"],
+        "system": ctx["system"], "stops": ctx["stops"], "ollama_family": ctx.get("ollama_family"),
+        "lmstudio_files": ctx["lmstudio_files"] if "lmstudio" in d["targets"] else [],
+        "plan": ctx["plan"],
+    }
+
+
+def build(stage: Stage, config: Config) -> None:
+    ctx = context(stage)
+    template_dirs = {path.parent for role, path in stage.inputs.items() if role.startswith("template:")}
+    env = environment(next(iter(template_dirs))) if template_dirs else None
+    for out in stage.outputs:
+        if out.name == "deploy.json":
+            text = json.dumps(deploy_summary(ctx), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        else:
+            assert env is not None
+            text = env.get_template(f"{out.name}.j2").render(**ctx)
+        if out.name == "Modelfile":
+            check_modelfile(text, ctx, ctx["model"])
+        atomic.write_text(out, text)
+        if out.suffix == ".sh":
+            out.chmod(0o755)

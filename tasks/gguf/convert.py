@@ -1,0 +1,45 @@
+"""The convert stage: merged HF directory -> F16/BF16 GGUF, by llama.cpp's own converter.
+
+The converter is run from the pinned toolchain with the gguf-py shipped beside it. Its default
+model name comes from the directory name (and so from where the build runs); we pin it to the
+model's name so the GGUF is byte-identical wherever it is built.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tasks.core import atomic, toolchain
+from tasks.core.config.schema import Config
+from tasks.core.errors import UserError
+from tasks.core.stage import Stage
+
+
+def convert(merged: Path, out: Path, outtype: str, model_name: str, log: Path) -> None:
+    cmd = [
+        sys.executable, str(toolchain.converter()), str(merged),
+        "--outfile", str(out), "--outtype", outtype, "--model-name", model_name,
+    ]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as log_fh:
+        proc = subprocess.run(cmd, env=toolchain.converter_env(), stdout=log_fh, stderr=subprocess.STDOUT,
+                              cwd=out.parent, check=False)
+    if proc.returncode != 0:
+        tail = _last_error_line(log)
+        raise UserError(f"{merged}: llama.cpp converter failed (exit {proc.returncode}): {tail} (log: {log})")
+
+
+def _last_error_line(log: Path) -> str:
+    lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln or "error" in ln:
+            return ln.strip()
+    return lines[-1].strip() if lines else "no output"
+
+
+def build(stage: Stage, config: Config) -> None:
+    (final,) = stage.outputs
+    with atomic.atomic_file(final) as tmp:
+        convert(stage.inputs["merged"], tmp, stage.params["outtype"], stage.params["model_name"], stage.log)
