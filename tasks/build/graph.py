@@ -16,7 +16,7 @@ from typing import Any
 from doit.action import CmdAction
 
 from tasks.build.models_lock import lock_is_current, write_lock
-from tasks.build.registry import all_stages, dependencies
+from tasks.build.registry import all_stages, dependencies, producers
 from tasks.core.config.schema import Config
 from tasks.core.layout import REPO
 from tasks.core.stage import Stage, is_fresh
@@ -72,7 +72,9 @@ def group_tasks(config: Config, group: str) -> Iterator[dict[str, Any]]:
                 "name": m.name,
                 "doc": f"all quantizations of {m.name} ({', '.join(m.quants) or 'none'})",
                 "actions": None,
-                "task_dep": [s.task for s in members if s.model == m.name],
+                # With no quants, the unquantized GGUF they would be made from.
+                "task_dep": [s.task for s in members if s.model == m.name]
+                or [t for t in (producers(g.stages)(config.layout.gguf(m.name, m.outtype)),) if t],
             }
 
 
