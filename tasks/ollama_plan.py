@@ -65,7 +65,15 @@ def build(obs: Obs, tobs: Obs, mode: str, switch_kind: str | None) -> Plan:
             v = v[: len(v) - len(tag)]
         if slot == "EMPTY":
             where, gap = v
-            cp = call_prefix if call_prefix and gap.endswith(call_prefix) else ""
+            seen_tm = {x for s_, _, x in obs if s_ == "TM" and gap.startswith(x)} if where == "TM" else set()
+            known = sorted(seen_tm, key=lambda x: (len(x), x))
+            if known:  # the text after reasoning, as seen before answers with text; the rest opens the calls
+                cp = gap[len(known[-1]):]
+            else:  # else the calls' own opening text is what the gap shares with it at the end
+                n = 0
+                while n < min(len(gap), len(call_prefix)) and gap[len(gap) - 1 - n] == call_prefix[-1 - n]:
+                    n += 1
+                cp = gap[len(gap) - n:] if n else ""
             fixed += [(where, f, gap[: len(gap) - len(cp)]), ("CP", f, cp)]
             continue
         fixed.append((slot, f, v))

@@ -15,7 +15,7 @@ pinned and the Modelfile says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.ollama_probe import PINNED_DATE, JinjaModel, think_switch
@@ -36,7 +36,7 @@ class OllamaTemplate:
     proven: int = 0  # probe conversations it was proven identical on
     features: tuple[str, ...] = ()  # what the probes covered: chat, prefill, thinking, tools
     notes: tuple[str, ...] = ()  # pinned dates, conversations the model's own template rejects
-    trims: bool = False  # kept for callers: the TEMPLATE reproduces the Jinja's trimming itself
+    probes: tuple[Any, ...] = field(default=(), compare=False)  # the probes (tasks.ollama_probe.Probe) proven on
 
 
 def raw_prompt_template() -> OllamaTemplate:
@@ -68,7 +68,8 @@ def detect(chat_template: str, special_tokens: dict[str, Any], gguf_adds_bos: bo
                      f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): {next(iter(d.rejected.values()))}")
     system_ok = any(p.messages and p.messages[0]["role"] == "system" for p in d.probes)
     return OllamaTemplate(family="derived", template=d.template, stops=tuple(d.stops), system_supported=system_ok,
-                          proven=len(d.probes), features=tuple(d.covered), notes=tuple(notes))
+                          proven=len(d.probes), features=tuple(d.covered), notes=tuple(notes),
+                          probes=tuple(d.probes))
 
 
 def _line(exc: BaseException) -> str:
