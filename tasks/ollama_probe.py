@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,11 +143,17 @@ def pinned_clock(when: datetime.datetime) -> Iterator[None]:
         ctu.datetime = saved
 
 
-def hf_message(m: dict[str, Any]) -> dict[str, Any]:
-    """What a transformers client sends for one Ollama message."""
+READS_REASONING = re.compile(r"""\.reasoning\b|\[['"]reasoning['"]\]|get\(['"]reasoning['"]""")
+
+
+def hf_message(m: dict[str, Any], also_reasoning: bool = False) -> dict[str, Any]:
+    """What a transformers client sends for one Ollama message: reasoning as `reasoning_content`
+    (transformers copies it to `thinking`), and as `reasoning` too for templates that read that."""
     out: dict[str, Any] = {"role": m["role"], "content": m.get("content", "")}
     if m.get("thinking"):
         out["reasoning_content"] = m["thinking"]
+        if also_reasoning:
+            out["reasoning"] = m["thinking"]
     if m.get("tool_calls"):
         out["tool_calls"] = [{"id": c["id"], "type": "function",
                               "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}}
@@ -191,7 +198,8 @@ class JinjaModel:
     def _render(self, probe: Probe, clock: datetime.datetime, closed: bool) -> str:
         from transformers.utils.chat_template_utils import render_jinja_template
 
-        messages = [hf_message(m) for m in probe.messages]
+        reads = bool(READS_REASONING.search(self.chat_template))
+        messages = [hf_message(m, reads) for m in probe.messages]
         tools = [dict(t) for t in probe.tools] if probe.tools else None
         cont = probe.prefill and not closed
         attempts = [tools] if tools is not None else [None, []]  # no tools: as None, else as an empty list

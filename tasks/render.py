@@ -132,6 +132,21 @@ def ollama_context(stage: Stage, merged: Path, eos_stops: list[str]) -> dict[str
             "ollama_stops": stops}
 
 
+def template_stops(stage: Stage, merged: Path, eos_stops: list[str]) -> list[str]:
+    """The stops Ollama would get (end of turn, turn openers), for LM Studio without an Ollama target."""
+    from tasks import gguf_meta
+    from tasks.ollama_template import TemplateNotSupported, detect
+
+    source = chat_template(merged)
+    if source is None or "gguf" not in stage.inputs:
+        return eos_stops
+    try:
+        found = detect(source, special_tokens(merged), gguf_meta.adds_bos(stage.inputs["gguf"]))
+    except TemplateNotSupported:
+        return eos_stops
+    return list(dict.fromkeys([*found.stops, *eos_stops]))
+
+
 def check_modelfile(text: str, ctx: dict[str, Any], name: str) -> None:
     """The rendered Modelfile must read back (with Ollama's parsing rules) to exactly what we meant."""
     try:
@@ -218,6 +233,8 @@ def context(stage: Stage) -> dict[str, Any]:
     if "ollama" in d["targets"]:
         ctx.update(ollama_context(stage, merged, eos))
         ctx["stops"] = ctx.get("ollama_stops", eos)
+    elif "lmstudio" in d["targets"]:
+        ctx["stops"] = template_stops(stage, merged, eos)
     ctx["lmstudio_config"] = lmstudio_config(p, p["system"], ctx["stops"])
     return ctx
 

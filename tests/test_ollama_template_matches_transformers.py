@@ -229,3 +229,12 @@ def test_the_demo_modelfile_says_what_was_proven(built_demo) -> None:  # noqa: F
     assert re.search(r"# TEMPLATE: derived from the model's chat template, identical to it on \d+ probe "
                      r"conversations \(chat, prefill, tools\)\.", text)
     assert [v for c, v in modelfile.parse(text) if c == "stop"] == ["<|im_end|>", "<|im_start|>", "<|endoftext|>"]
+
+
+@pytest.mark.parametrize("targets", ['["ollama", "lmstudio"]', '["lmstudio"]'])
+def test_lm_studio_stops_are_the_same_as_ollamas(built_demo, tmp_path: Path, targets: str) -> None:  # noqa: F811
+    ws = demo_copy(built_demo, tmp_path / "ws", port=free_port(), extra=f"targets = {targets}")
+    ws.doit("render:demo")
+    config = json.loads((ws.artifacts / "demo" / "lmstudio.json").read_text())["config"]
+    stops = next(f["value"] for f in config["operation"]["fields"] if f["key"] == "llm.prediction.stopStrings")
+    assert stops == ["<|im_end|>", "<|im_start|>", "<|endoftext|>"]

@@ -12,6 +12,7 @@ derivation used must agree with Go byte for byte too. A table of the results is 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -66,13 +67,16 @@ def hf_tokenizer(template: str, bos: str | None, eos: str | None) -> Any:
     return tok
 
 
-def hf_conversation(messages: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
-    """The same conversation as a transformers client sends it (OpenAI style)."""
+def hf_conversation(messages: tuple[dict[str, Any], ...], template: str) -> list[dict[str, Any]]:
+    """The same conversation as a transformers client sends it (OpenAI style; reasoning under the
+    name the template reads: `reasoning_content`, which transformers copies to `thinking`, or `reasoning`)."""
     out = []
     for m in messages:
         x: dict[str, Any] = {"role": m["role"], "content": m["content"]}
         if m.get("thinking"):
             x["reasoning_content"] = m["thinking"]
+            if re.search(r"""\.reasoning\b|\[['"]reasoning['"]\]|get\(['"]reasoning['"]""", template):
+                x["reasoning"] = m["thinking"]
         if m.get("tool_calls"):
             x["tool_calls"] = [{"id": c["id"], "type": "function", "function": dict(c["function"])}
                                for c in m["tool_calls"]]
@@ -102,7 +106,7 @@ def hf_prompt(tok: Any, template: str, probe: Any) -> str:
     prefill = probe.messages[-1]["role"] == "assistant"
     kw = dict(tokenize=False, add_generation_prompt=not prefill, continue_final_message=prefill,
               **think_kwargs(template, probe.think))
-    conv = hf_conversation(probe.messages)
+    conv = hf_conversation(probe.messages, template)
     with pinned_clock(PINNED_DATE):
         if probe.tools:
             return tok.apply_chat_template(conv, tools=[dict(t) for t in probe.tools], **kw)
