@@ -50,6 +50,7 @@ class Plan:
     calls_shown: Any = None  # tree of bool: tool calls shown at all
     switch_kind: str | None = None  # "bool", "level" or None
     open_tag: str = ""  # text that opens shown reasoning (kept out of the junction)
+    declared_tags: tuple[str, str] | None = None  # reasoning tags the prompt opens but history never shows
     used: set[str] = field(default_factory=set)
 
 
@@ -171,6 +172,10 @@ def render_go(plan: Plan) -> str:
     thought = _content(plan, "assistant", "thinking", ".Thinking", {"role": "assistant", "thinking": True})
     content = _content(plan, None, "content", "$m.Content", {})
     body = junction
+    if plan.declared_tags and not keep:
+        # Never rendered ({{ if false }}): tells Ollama's thinking parser the model's tags (thinking.InferTags).
+        opening, closing = plan.declared_tags
+        body += "{{ if false }}" + lit(opening) + "{{ .Thinking }}" + lit(closing) + "{{ end }}"
     if keep:
         body += ('{{ $keep := false }}{{ if and (eq $m.Role "assistant") $m.Thinking }}' + keep + "{{ end }}"
                  + "{{ if $keep }}" + lit(plan.open_tag) + thought + between + "{{ end }}")

@@ -156,6 +156,7 @@ def derive(jinja: JinjaModel, bos: str = "", tools: bool = False) -> Derived:
         plan = build_plan(obs, tobs, mode, jinja.switch[1] if jinja.switch else None)
     except Conflict as exc:
         raise Refused(str(exc)) from None
+    plan.declared_tags = _declared_tags(obs, jinja.chat_template)
     template = render_go(plan)
     verify(template, {p: texts[p] for p in probes if p in texts})
     proven = [p for p in probes if p in texts]
@@ -165,6 +166,21 @@ def derive(jinja: JinjaModel, bos: str = "", tools: bool = False) -> Derived:
         ["thinking"] if any(s == "K" and v for s, _, v in obs) or (jinja.switch and any(p.think for p in proven))
         else []) + (["tools"] if any(p.tools and any(m.get("tool_calls") for m in p.messages) for p in proven) else [])
     return d
+
+
+def _declared_tags(obs: list[tuple[str, dict[str, Any], Any]], source: str) -> tuple[str, str] | None:
+    """(open, close) when the generation prompt opens a reasoning tag the template also closes
+    (DeepSeek R1 distills, QwQ): the model answers with reasoning even if history never shows it."""
+    from tasks.ollama_tokens import tag_before
+
+    ends = sorted(((f["think"] not in ("true", "medium", "high"), v) for s, f, v in obs  # think on first
+                   if s == "J" and f["role"] == "END" and f["prev"] == "user" and not f["tools"]), key=lambda x: x[0])
+    ends = [v for _, v in ends]
+    tag = tag_before(ends[0]).strip() if ends else ""
+    if not tag.startswith("<") or tag.startswith("</") or "|" in tag or " " in tag:
+        return None
+    close = "</" + tag[1:]
+    return (tag, close) if close in source else None
 
 
 def derive_all(jinja: JinjaModel, bos: str = "") -> Derived:

@@ -15,7 +15,7 @@ from typing import Any
 from tasks.config import Config, ModelSpec
 from tasks.deploy_config import deploy_params, needs_gguf
 
-RENDER_VERSION = 2
+RENDER_VERSION = 3  # 3: derived Ollama TEMPLATEs (tools, thinking, trimming), stops with turn openers
 
 
 def deploy_quant(m: ModelSpec) -> str:

@@ -27,7 +27,9 @@ QWEN3, LLAMA31, LLAMA32 = "Qwen-Qwen3-0.6B", "meta-llama-Llama-3.1-8B-Instruct",
 TOKENS = {QWEN3: (None, "<|im_end|>"), LLAMA31: ("<|begin_of_text|>", "<|eot_id|>"),
           LLAMA32: ("<|begin_of_text|>", "<|eot_id|>"), "Qwen-Qwen2.5-7B-Instruct": (None, "<|im_end|>"),
           "Mistral-Small-3.2-24B-Instruct-2506": ("<s>", "</s>"), "openai-gpt-oss-120b": (None, "<|return|>"),
-          "google-gemma-2-2b-it": ("<bos>", "<eos>"), "mistralai-Mistral-Nemo-Instruct-2407": ("<s>", "</s>")}
+          "google-gemma-2-2b-it": ("<bos>", "<eos>"),
+          "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"),
+          "mistralai-Mistral-Nemo-Instruct-2407": ("<s>", "</s>")}
 TRICKY_SYSTEM = 'Be brief.\nQuote: """x""" {{ .System }} {braces} and a tab\there'
 
 
@@ -112,6 +114,20 @@ def test_reasoning_follows_ollamas_thinking_conventions(go_renderer) -> None:  #
     assert _go(go_renderer, t, Probe("x", history, think=False)).endswith("<think>\n\n</think>\n\n")
     last = Probe("x", (*history, {"role": "assistant", "content": "A2", "thinking": "T2"}))
     assert "<think>\nT2\n</think>\n\nA2" in _go(go_renderer, t, last) == _want(QWEN3, last)
+
+
+def test_reasoning_tags_are_declared_where_the_prompt_opens_them(go_renderer) -> None:  # noqa: F811
+    """DeepSeek-R1 distills never show past reasoning, but their generation prompt opens <think>: the
+    TEMPLATE names the tags (in a block that never renders) so Ollama parses the answer's reasoning."""
+    name = "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B"
+    t = _derive(name).template
+    assert re.search(r"\{\{ range \$i, \$m := \.Messages \}\}.*"
+                     r"\{\{ if false \}\}<think>\{\{ \.Thinking \}\}</think>\{\{ end \}\}", t, re.S)
+    probe = Probe("x", ({"role": "user", "content": "Q"}, {"role": "assistant", "content": "A", "thinking": "T"},
+                        {"role": "user", "content": "Q2"}), think=True)
+    got = _go(go_renderer, t, probe)
+    assert TOKENS[name][0] + got == _want(name, probe) and got.endswith("<think>\n")
+    assert "T" not in got.replace("<think>", "")
 
 
 def test_tools_use_ollamas_tools_tool_calls_and_tool_role(go_renderer) -> None:  # noqa: F811
