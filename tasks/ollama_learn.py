@@ -74,22 +74,3 @@ def learn(obs: list[tuple[dict[str, Any], Any]], slot: str, features: tuple[str,
 def _show(v: Any) -> str:
     text = repr(v)
     return text if len(text) < 120 else text[:117] + "..."
-
-
-def evaluate(tree: Any, feats: dict[str, Any]) -> Any:
-    """The tree's value in a situation; an unseen feature value takes the last (most common) branch."""
-    while isinstance(tree, Node):
-        value = feats.get(tree.feature)
-        chosen = tree.branches[-1][1]
-        for k, sub in tree.branches:
-            if k == value:
-                chosen = sub
-                break
-        tree = chosen
-    return tree.value
-
-
-def leaves(tree: Any) -> list[Any]:
-    if isinstance(tree, Leaf):
-        return [tree.value]
-    return [v for _, sub in tree.branches for v in leaves(sub)]

@@ -161,7 +161,7 @@ def derive(jinja: JinjaModel, bos: str = "", tools: bool = False) -> Derived:
     verify(template, {p: texts[p] for p in probes if p in texts})
     proven = [p for p in probes if p in texts]
     d = Derived(template, plan, proven, rejected, notes, bos, rejected_probes=[p for p in probes if p not in texts])
-    d.stops = _stops(renders, obs, plan, jinja)
+    d.stops = _stops(renders, obs, plan)
     d.covered = ["chat"] + (["prefill"] if any(p.prefill for p in proven) else []) + (
         ["thinking"] if any(s == "K" and v for s, _, v in obs) or (jinja.switch and any(p.think for p in proven))
         else []) + (["tools"] if any(p.tools and any(m.get("tool_calls") for m in p.messages) for p in proven) else [])
@@ -199,7 +199,7 @@ def derive_all(jinja: JinjaModel, bos: str = "") -> Derived:
     return d
 
 
-def _stops(renders: Renders, obs: list[tuple[str, dict[str, Any], Any]], plan: Plan, jinja: JinjaModel) -> list[str]:
+def _stops(renders: Renders, obs: list[tuple[str, dict[str, Any], Any]], plan: Plan) -> list[str]:
     """End-of-turn strings after a finished answer, then the tokens opening the next turn."""
     from tasks.ollama_tokens import stops
 

@@ -47,8 +47,8 @@ def lit(text: str) -> str:
     return text if raw_safe(text) else "{{ " + go_string(text) + " }}"
 
 
-def _is_ws(expr: str, chars: list[str], at_end: bool) -> str:
-    """A Go condition: `expr` starts (or ends) with one of `chars` (grouped by UTF-8 length)."""
+def _is_ws(expr: str, chars: list[str], at_end: bool) -> list[tuple[int, str]]:
+    """(byte length, Go condition): `expr` starts (or ends) with one of `chars` of that UTF-8 length."""
     parts = []
     for n in (1, 2, 3):
         group = [c for c in chars if len(c.encode()) == n]
@@ -57,7 +57,7 @@ def _is_ws(expr: str, chars: list[str], at_end: bool) -> str:
         piece = f"(slice {expr} (len (slice {expr} {n})))" if at_end else f"(slice {expr} 0 {n})"
         tests = " ".join(f"(eq {piece} {go_string(c)})" for c in group)
         parts.append((n, f"(and (ge (len {expr}) {n}) " + (f"(or {tests})" if len(group) > 1 else tests) + ")"))
-    return parts  # type: ignore[return-value]
+    return parts
 
 
 def _strip_helper(name: str, chars: list[str], left: bool, right: bool, then: str | None) -> str:
