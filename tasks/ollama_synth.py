@@ -192,6 +192,11 @@ def derive_all(jinja: JinjaModel, bos: str = "") -> Derived:
         why = "the model's own template rejects every tool conversation"
     except Refused as exc:
         why = str(exc)
+        if why.startswith("junction:"):
+            why = "it prints tool definitions (or the text around them) in a form other than JSON of the tool " \
+                  f"or of its function ({why[:160]}...)"
+        elif "tool call" in why:
+            why = f"it prints tool calls in a form other than name + arguments once per call ({why})"
     d = derive(jinja, bos)
     uses_tools = "tools" in jinja.chat_template or "tool_calls" in jinja.chat_template
     if uses_tools:
