@@ -11,7 +11,7 @@ STAMP := $(VENV)/.modelmake-installed
 TOOLCHAIN_VERSION := $(shell sed -n 's/^VERSION = "\(.*\)"/\1/p' tasks/core/toolchain.py)
 TOOLCHAIN := .toolchain/llama.cpp-$(TOOLCHAIN_VERSION)/.complete
 
-.PHONY: all setup test bench lint lock clean distclean report
+.PHONY: all setup test bench lint lock clean distclean report ollama-template
 
 all: setup
 	$(VENV)/bin/doit
@@ -36,6 +36,12 @@ bench: setup
 # Quantization report: artifacts/report/<model>.{json,md,png} and compare.{json,md} (runs the checks first).
 report: setup
 	$(VENV)/bin/doit report
+
+# Modelfile TEMPLATE + PARAMETER stop lines derived (and proven) from a Jinja chat template:
+#   make ollama-template JINJA=path/chat_template.jinja [BOS=<s>] [EOS=</s>] [FORMAT=json]
+ollama-template: setup
+	@$(PY) -m tasks.deploy.ollama_cli "$(JINJA)" $(if $(BOS),--bos '$(BOS)') $(if $(EOS),--eos '$(EOS)') \
+		$(if $(FORMAT),--format '$(FORMAT)')
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -121,11 +121,21 @@ def go_binary(out_dir: Path) -> Path:
     return exe
 
 
-def go_render(exe: Path, template: str, conversations: list[list[dict[str, str]]], system: str = "") -> list[str]:
-    req = json.dumps({"template": template, "system": system, "conversations": conversations})
-    proc = subprocess.run([str(exe)], input=req, capture_output=True, text=True, timeout=60)
+def go_batch(exe: Path, templates: list[str], cases: list[dict]) -> list[dict]:
+    """Run the Go renderer once: each case names its template by index; {"prompt"} or {"error"} per case."""
+    req = json.dumps({"templates": templates, "cases": cases})
+    proc = subprocess.run([str(exe)], input=req, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
+
+
+def go_render(exe: Path, template: str, conversations: list[list[dict]], system: str = "",
+              now: str = "2024-07-26") -> list[str]:
+    cases = [{"template": 0, "messages": c, "tools": [], "think": None, "system": system, "now": now}
+             for c in conversations]
+    out = go_batch(exe, [template], cases)
+    assert all("prompt" in r for r in out), out
+    return [r["prompt"] for r in out]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -32,7 +32,7 @@ def test_hostile_system_prompts_survive_the_modelfile(built_demo, tmp_path: Path
     commands = modelfile.parse(text)
     assert [v for c, v in commands if c == "model"] == ["./demo-q4_k_m.gguf"]
     assert [v for c, v in commands if c == "system"] == [system]
-    assert [v for c, v in commands if c == "stop"] == ["<|im_end|>", "<|endoftext|>"]
+    assert [v for c, v in commands if c == "stop"] == ["<|im_end|>", "<|im_start|>", "<|endoftext|>"]
     template = dict(commands)["template"]
     [prompt] = go_render(go_renderer, template, [[{"role": "user", "content": "Who are you?"}]], system=system)
     assert prompt == f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nWho are you?<|im_end|>\n" \

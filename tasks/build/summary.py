@@ -51,6 +51,7 @@ class SummaryReporter(ConsoleReporter):
         if self.runtime_errors:
             self.write("modelmake: " + " ".join(e.strip() for e in self.runtime_errors) + "\n")
         rows = []
+        skipped: list[str] = []
         for name in sorted(self.ran):
             stage = (self.tasks[name].meta or {}).get("stage") if name in self.tasks else None
             if not isinstance(stage, Stage):
@@ -65,6 +66,10 @@ class SummaryReporter(ConsoleReporter):
                     k: v for k, v in outputs.items()
                     if (k == rel or k.startswith(rel + "/")) and not k.endswith(".sha256")
                 }
+                if not recs and rel + ".skipped" in outputs and status != "FAILED":
+                    rows.append((stage.model or "-", rel, "-", "-", "skipped"))
+                    skipped.append(_reason(stage, out))
+                    continue
                 size = sum(r["size"] for r in recs.values())
                 digest = recs[rel]["sha256"][:12] if rel in recs else f"{len(recs)} files" if recs else "-"
                 rows.append((stage.model or "-", rel + ("/" if out.suffix == "" and len(recs) > 1 else ""),
@@ -84,12 +89,23 @@ class SummaryReporter(ConsoleReporter):
         if not rows:
             return
         self.write("\n" + "".join(line + "\n" for line in table))
+        for reason in skipped:
+            self.write(f"skipped: {reason}\n")
         if self.failed:
             self.write(f"{len(self.failed)} task(s) failed; see the lines above.\n")
         elif built:
             self.write(f"{built} artifact(s) built, {len(rows) - built} up to date.\n")
         else:
             self.write(f"Nothing to rebuild: all {len(rows)} artifacts up to date.\n")
+
+
+def _reason(stage: Stage, out) -> str:
+    from tasks.core.stage import skipped_marker
+
+    try:
+        return skipped_marker(out).read_text(encoding="utf-8").strip()
+    except OSError:
+        return f"{stage.rel(out)} was not produced"
 
 
 def _written_since(stage: Stage, since: float) -> bool:

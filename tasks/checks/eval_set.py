@@ -4,7 +4,8 @@ Every comparison (HF vs GGUF logits, F16 vs each quant, the adapter's effect) ru
 token ids: both runtimes see identical input, so any difference is the model's, never the
 tokenizer's (tokenizer parity is checked separately). Each sample is a conversation whose last
 message is the reference answer; its positions split into the prompt and the answer, and the
-answer positions are where a chat model is actually used.
+answer positions are where a chat model is actually used. A model without a chat template (a
+completion fine-tune) gets the same samples as plain text (`plain_text`).
 """
 
 from __future__ import annotations
@@ -63,11 +64,22 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return ids
 
 
+def plain_text(conv: list[dict[str, str]], eos: str | None) -> tuple[str, str]:
+    """(prompt, full) for a model without a chat template (a completion fine-tune): the messages'
+    texts one paragraph each, the answer continuing the prompt and ending with EOS."""
+    prompt = "".join(m["content"] + "\n\n" for m in conv[:-1])
+    return prompt, prompt + conv[-1]["content"] + (eos or "")
+
+
 def probes(tokenizer: Any, samples: list[list[dict[str, str]]]) -> list[Probe]:
     out = []
+    chat = bool(getattr(tokenizer, "chat_template", None))
     for conv in samples:
-        prompt_text = tokenizer.apply_chat_template(conv[:-1], tokenize=False, add_generation_prompt=True)
-        full_text = tokenizer.apply_chat_template(conv, tokenize=False)
+        if chat:
+            prompt_text = tokenizer.apply_chat_template(conv[:-1], tokenize=False, add_generation_prompt=True)
+            full_text = tokenizer.apply_chat_template(conv, tokenize=False)
+        else:
+            prompt_text, full_text = plain_text(conv, tokenizer.eos_token)
         full = _encode(tokenizer, full_text)
         prompt = _encode(tokenizer, prompt_text)
         start = 0  # longest common prefix: a merge across the boundary belongs to the answer

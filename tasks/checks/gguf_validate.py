@@ -245,7 +245,7 @@ def _check_tokenizer(name: str, reader: Scan, ref: HFReference, facts: dict[str,
         problems.append(f"{name}: {n_tokens} tokens, config.json vocab_size is {vocab}")
     template = reader.get("tokenizer.chat_template")
     facts["chat_template"] = template is not None
-    if template is None:
+    if template is None and ref.chat_template is not None:
         problems.append(f"{name}: no chat template (tokenizer.chat_template missing)")
     elif ref.chat_template is not None and template.strip() != ref.chat_template.strip():
         problems.append(f"{name}: tokenizer.chat_template differs from the merged model's chat template")

@@ -106,6 +106,16 @@ class Stage:
         return path.resolve().relative_to(self.artifacts).as_posix()
 
 
+def skipped_marker(out: Path) -> Path:
+    """Where a stage that could not produce an output it may skip writes why (`Modelfile.skipped`).
+
+    Only the render stage uses it, for the Ollama target of a model whose chat template has no
+    TEMPLATE equivalent: the marker holds the reason, is recorded in the manifest like any
+    output (so the stage stays fresh), and is never mistaken for the artifact itself.
+    """
+    return out.with_name(out.name + ".skipped")
+
+
 def stale_reason(stage: Stage) -> str | None:
     """Why `stage` must run, or None when it is fresh."""
     manifest = read_manifest(stage.manifest)
@@ -119,8 +129,10 @@ def stale_reason(stage: Stage) -> str | None:
     cache = cache_for(stage.artifacts)
     recorded = outputs_of(manifest)
     for out in stage.outputs:
-        if stage.rel(out) not in recorded and not any(r.startswith(stage.rel(out) + "/") for r in recorded):
-            return f"output not recorded: {stage.rel(out)}"
+        rel = stage.rel(out)
+        listed = rel in recorded or rel + ".skipped" in recorded
+        if not listed and not any(r.startswith(rel + "/") for r in recorded):
+            return f"output not recorded: {rel}"
     for rel, rec in recorded.items():
         path = stage.artifacts / rel
         if not path.is_file():
@@ -142,6 +154,8 @@ def _output_files(stage: Stage) -> list[Path]:
             files.extend(sorted(p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")))
         elif out.is_file():
             files.append(out)
+        elif skipped_marker(out).is_file():
+            files.append(skipped_marker(out))
         else:
             raise RuntimeError(f"{stage.task}: build finished without writing {out}")
     return files
@@ -154,6 +168,8 @@ def _write_sidecars(stage: Stage, digests: dict[Path, str]) -> list[Path]:
     for out in stage.outputs:
         if out.is_dir():
             lines = [f"{digests[p]}  {out.name}/{p.relative_to(out).as_posix()}\n" for p in digests if out in p.parents]
+        elif out not in digests:
+            continue  # skipped (its marker says why): no artifact, no checksum
         else:
             lines = [f"{digests[out]}  {out.name}\n"]
         sidecar = out.with_name(out.name + ".sha256")

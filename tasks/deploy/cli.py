@@ -84,6 +84,10 @@ def deploy(config: Config, m: ModelSpec) -> list[str]:
     for target in m.deploy.targets:
         if target == "ollama":
             modelfile = root / "Modelfile"
+            marker = modelfile.with_name("Modelfile.skipped")
+            if not modelfile.is_file() and marker.is_file():
+                out.append(f"ollama: skipped ({marker.read_text(encoding='utf-8').strip()})")
+                continue
             if not modelfile.is_file():
                 raise UserError(f"{modelfile}: not rendered; run `doit render:{m.name}`")
             exe = shutil.which("ollama")

@@ -1,161 +1,79 @@
-"""An Ollama TEMPLATE for a model, derived from the model's own Jinja chat template.
+"""An Ollama TEMPLATE for a model, derived from the model's own Jinja chat template and proven.
 
 A fine-tune pushed to Ollama without the right TEMPLATE talks garbage (ollama #6823, #2334,
-#6330), and guessing from a token or two is how that happens. So a family (tasks/deploy/chat_families.py)
-is accepted only when its prompt is *identical* to the model's Jinja render on a set of probe
-conversations (with and without system prompt, multi-turn, generation prompt, prefill). A
-template that matches no family is refused with a message naming the model, unless models.toml
-gives an explicit TEMPLATE (deploy.ollama_template).
+#6330), and guessing from a token or two is how that happens. So the TEMPLATE is derived from
+renders of the model's Jinja (tasks/deploy/ollama_synth.py) and accepted only when Ollama's way of
+executing it gives the identical prompt on every probe conversation: system or none,
+multi-turn, prefill, reasoning shown or dropped, thinking on/off, and tool definitions, calls
+and results where the template renders them. What cannot be reproduced is refused with one
+line naming the construct; models.toml can always give a TEMPLATE (deploy.ollama_template).
 
-The model's Jinja runs in Jinja's immutable sandbox, as in transformers; `strftime_now` is
-pinned to 2024-07-26 (Llama 3.1's own default date), so a template that prints today's date
-(Llama 3.2, Mistral Small) yields a reproducible TEMPLATE instead of one that changes daily.
+Dates: the Jinja's `strftime_now` runs on a pinned clock (2024-07-26); a date it prints as
+YYYY-MM-DD becomes Ollama's `{{ currentDate }}` (or `yesterdayDate`), any other format stays
+pinned and the Modelfile says so.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.deploy.chat_families import A1, A2, FAMILIES, S1, U1, U2, U3, Family, Mismatch, RenderRefused, lit
+from tasks.deploy.ollama_probe import PINNED_DATE, JinjaModel, think_switch
 
-PINNED_DATE = datetime.datetime(2024, 7, 26)
-
-# Probe conversations: (description, messages). A final assistant turn is a prefill.
-PROBES: tuple[tuple[str, list[dict[str, str]]], ...] = (
-    ("user", [{"role": "user", "content": U1}]),
-    ("system+user", [{"role": "system", "content": S1}, {"role": "user", "content": U1}]),
-    ("user/assistant/user", [{"role": "user", "content": U1}, {"role": "assistant", "content": A1},
-                             {"role": "user", "content": U2}]),
-    ("system, three turns", [{"role": "system", "content": S1}, {"role": "user", "content": U1},
-                             {"role": "assistant", "content": A1}, {"role": "user", "content": U2},
-                             {"role": "assistant", "content": A2}, {"role": "user", "content": U3}]),
-    ("prefill", [{"role": "user", "content": U1}, {"role": "assistant", "content": A1}]),
-    ("system+prefill", [{"role": "system", "content": S1}, {"role": "user", "content": U1},
-                        {"role": "assistant", "content": A1}]),
-    ("multi-line text", [{"role": "system", "content": "line one\nline {two}"},
-                         {"role": "user", "content": 'a "quoted"\n{{ .Prompt }} text'}]),
-)
-CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+RAW_PROMPT = "{{ .Prompt }}"
 
 
 class TemplateNotSupported(Exception):
-    """No family reproduces the model's template; the message says why for each candidate."""
+    """No TEMPLATE reproduces the model's template; the message says what it does."""
 
 
 @dataclass(frozen=True)
 class OllamaTemplate:
-    family: str
+    family: str  # "derived", or how the TEMPLATE was obtained
     template: str  # Go text/template for Ollama's TEMPLATE
-    stops: tuple[str, ...]  # end-of-turn strings for PARAMETER stop
-    trims: bool  # the model's template strips surrounding whitespace from message text
+    stops: tuple[str, ...]  # PARAMETER stop strings (end of turn, then turn openers)
     system_supported: bool
-    params: dict[str, Any]
+    proven: int = 0  # probe conversations it was proven identical on
+    features: tuple[str, ...] = ()  # what the probes covered: chat, prefill, thinking, tools
+    notes: tuple[str, ...] = ()  # pinned dates, conversations the model's own template rejects
+    probes: tuple[Any, ...] = field(default=(), compare=False)  # the probes (tasks.deploy.ollama_probe.Probe) proven on
 
 
-def jinja_renderer(chat_template: str, special_tokens: dict[str, Any]) -> Callable[..., str]:
-    """render(messages) -> prompt, like transformers' apply_chat_template(tokenize=False).
-
-    A final user/system turn gets add_generation_prompt=True; a final assistant turn is
-    continued (continue_final_message). Raises RenderRefused when the template raises.
-    """
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
-               sort_keys: bool = False) -> str:
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = PINNED_DATE.strftime
-    try:
-        compiled = env.from_string(chat_template)
-    except jinja2.TemplateError as exc:
-        raise TemplateNotSupported(f"the chat template does not parse: {exc}") from None
-
-    def render(messages: list[dict[str, str]]) -> str:
-        msgs = [dict(m) for m in messages]
-        prefill = bool(msgs) and msgs[-1]["role"] == "assistant"
-        if prefill:
-            msgs[-1]["content"] += CONTINUE_TAG
-        try:
-            out = compiled.render(messages=msgs, tools=None, documents=None,
-                                  add_generation_prompt=not prefill, **special_tokens)
-        except jinja2.TemplateError as exc:
-            raise RenderRefused(str(exc)) from None
-        if prefill:
-            tag = out.rfind(CONTINUE_TAG.strip())
-            if tag < 0:
-                raise RenderRefused("the final assistant message does not appear in the render")
-            out = out[:tag] if out[tag:tag + len(CONTINUE_TAG)] == CONTINUE_TAG else out[:tag].rstrip()
-        return out
-
-    return render
+def raw_prompt_template() -> OllamaTemplate:
+    """For a model without a chat template (a completion fine-tune): the prompt as given."""
+    return OllamaTemplate(family="raw prompt (the model has no chat template)", template=RAW_PROMPT, stops=(),
+                          system_supported=False,
+                          notes=("no chat template: nothing to check the TEMPLATE against",))
 
 
 def detect(chat_template: str, special_tokens: dict[str, Any], gguf_adds_bos: bool) -> OllamaTemplate:
-    """The family whose prompt equals the Jinja render on every probe, as a ready TEMPLATE."""
-    raw_render = jinja_renderer(chat_template, special_tokens)
-    bos = special_tokens.get("bos_token") or ""
-    seen_bos: set[bool] = set()
+    """The proven TEMPLATE for `chat_template`, or TemplateNotSupported (one line, no traceback)."""
+    from tasks.deploy.ollama_synth import Refused, derive_all
 
-    def render(messages: list[dict[str, str]]) -> str:
-        out = raw_render(messages)
-        has = bool(bos) and out.startswith(bos)
-        seen_bos.add(has)
-        if len(seen_bos) > 1:
-            raise Mismatch("the template starts some prompts with BOS and others without")
-        return out[len(bos):] if has else out
-
-    reasons = []
-    for family in FAMILIES:
-        if not all(s in chat_template for s in family.signature):
-            continue
-        try:
-            params = family.extract(render)
-            _verify(family, params, render)
-        except (Mismatch, RenderRefused) as exc:
-            reasons.append(f"{family.name}: {exc}")
-            continue
-        trims = _trims(raw_render)
-        # llama.cpp adds BOS itself when the GGUF says so; otherwise the TEMPLATE must write it.
-        prefix = lit(bos) if (True in seen_bos and not gguf_adds_bos) else ""
-        stops = tuple(t for t in family.stops(params) if t and (t in chat_template or t in params.values()))
-        return OllamaTemplate(
-            family=family.name, template=prefix + family.go(params), stops=stops, trims=trims,
-            system_supported=params.get("system") != "rejected", params=params,
-        )
-    if not reasons:
-        reasons.append("it uses none of the supported formats' tokens")
-    names = ", ".join(f.name for f in FAMILIES)
-    raise TemplateNotSupported(f"not one of the supported chat formats ({names}): " + "; ".join(reasons))
-
-
-def _verify(family: Family, params: dict[str, Any], render: Callable[..., str]) -> None:
-    for desc, msgs in PROBES:
-        has_system = any(m["role"] == "system" for m in msgs)
-        try:
-            got = render(msgs)
-        except RenderRefused:
-            if has_system and params.get("system") == "rejected":
-                continue  # Gemma 2: the model itself has no system role
-            raise
-        want = family.reference(msgs, params)
-        if got != want:
-            raise Mismatch(f"probe '{desc}': the model's template gives {got!r}, this format gives {want!r}")
-
-
-def _trims(render: Callable[..., str]) -> bool:
     try:
-        out = render([{"role": "user", "content": "  probe-padded  "}])
-    except RenderRefused:
-        return False
-    return "  probe-padded  " not in out and "probe-padded" in out
+        jinja = JinjaModel(chat_template, dict(special_tokens), think_switch(chat_template))
+    except Exception as exc:  # noqa: BLE001 - a template transformers cannot even inspect
+        raise TemplateNotSupported(f"the chat template does not parse: {_line(exc)}") from None
+    bos = special_tokens.get("bos_token") or ""
+    try:
+        d = derive_all(jinja, bos if gguf_adds_bos else "")
+    except Refused as exc:
+        raise TemplateNotSupported(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - never a traceback for a template, whatever it does
+        raise TemplateNotSupported(f"modelmake could not analyse it ({_line(exc)})") from None
+    notes = list(d.notes)
+    if d.rejected:
+        names = sorted({n.split(",")[0] for n in d.rejected})
+        notes.append(f"the model's own template rejects {len(d.rejected)} probe conversation(s) "
+                     f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): {next(iter(d.rejected.values()))}")
+    system_ok = any(p.messages and p.messages[0]["role"] == "system" for p in d.probes)
+    return OllamaTemplate(family="derived", template=d.template, stops=tuple(d.stops), system_supported=system_ok,
+                          proven=len(d.probes), features=tuple(d.covered), notes=tuple(notes),
+                          probes=tuple(d.probes))
+
+
+def _line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+
+
+__all__ = ["PINNED_DATE", "OllamaTemplate", "TemplateNotSupported", "detect", "raw_prompt_template"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from tasks.core import atomic
 from tasks.core.config.schema import Config, HardwareProfile
 from tasks.core.errors import UserError
-from tasks.core.stage import Stage
+from tasks.core.stage import Stage, skipped_marker
 from tasks.deploy import modelfile, planner
 
 
@@ -59,15 +60,13 @@ def special_tokens(merged: Path) -> dict[str, Any]:
     return {k: _token(cfg.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
 
 
-def chat_template(merged: Path, model: str) -> str:
+def chat_template(merged: Path) -> str | None:
+    """The merged model's Jinja chat template, or None for a model without one (completion-only)."""
     path = merged / "chat_template.jinja"
     if path.is_file():
         return path.read_text(encoding="utf-8")
     tpl = _json(merged / "tokenizer_config.json").get("chat_template")
-    if isinstance(tpl, str):
-        return tpl
-    raise UserError(f"models.{model}: the merged model has no chat template ({path} or tokenizer_config.json); "
-                    f"set models.{model}.deploy.ollama_template or add one to the base model")
+    return tpl if isinstance(tpl, str) and tpl.strip() else None
 
 
 def stop_tokens(merged: Path) -> list[str]:
@@ -89,28 +88,38 @@ def _profile(params: dict[str, Any], name: str) -> HardwareProfile:
 
 
 def ollama_context(stage: Stage, merged: Path, eos_stops: list[str]) -> dict[str, Any]:
-    from tasks.deploy.ollama_template import TemplateNotSupported, detect
+    """The Modelfile's values, or {"ollama_skipped": reason} when no TEMPLATE can be derived.
+
+    A refusal costs only the Ollama target: the render stage writes `Modelfile.skipped` with
+    the reason instead of a Modelfile, and every other target is still built.
+    """
+    from tasks.deploy.ollama_template import TemplateNotSupported, detect, raw_prompt_template
     from tasks.formats import gguf
 
     p, name = stage.params, stage.params["model"]
+    notes: tuple[str, ...] = ()
     if "ollama_template" in stage.inputs:
         template = stage.inputs["ollama_template"].read_text(encoding="utf-8")
-        family, family_stops, trims, system_ok = "explicit (deploy.ollama_template)", (), False, True
+        family, family_stops, system_ok = "explicit (deploy.ollama_template), used as given: not checked", (), True
     else:
-        try:
-            adds_bos = gguf.adds_bos(stage.inputs["gguf"])
-            found = detect(chat_template(merged, name), special_tokens(merged), adds_bos)
-        except TemplateNotSupported as exc:
-            raise UserError(f"models.{name}: cannot derive an Ollama TEMPLATE from {merged / 'chat_template.jinja'}: "
-                            f"{exc}. Give one with models.{name}.deploy.ollama_template") from None
-        template, family, family_stops = found.template, found.family, found.stops
-        trims, system_ok = found.trims, found.system_supported
+        source = chat_template(merged)
+        if source is None:
+            found = raw_prompt_template()
+        else:
+            try:
+                adds_bos = gguf.adds_bos(stage.inputs["gguf"])
+                found = detect(source, special_tokens(merged), adds_bos)
+            except TemplateNotSupported as exc:
+                return {"ollama_skipped": f"models.{name}: no Ollama TEMPLATE derived from its chat template: {exc}; "
+                                          f"give one with models.{name}.deploy.ollama_template"}
+        template, family_stops, system_ok, notes = found.template, found.stops, found.system_supported, found.notes
+        family = found.family if found.family != "derived" else (
+            f"derived from the model's chat template, identical to it on {found.proven} probe conversations "
+            f"({', '.join(found.features)})")
     system = p["system"]
     if system is not None and not system_ok:
-        raise UserError(f"models.{name}.system: the chat template of {name} ({family}) rejects system messages; "
+        raise UserError(f"models.{name}.system: the chat template of {name} rejects system messages; "
                         f"remove system or give a TEMPLATE with models.{name}.deploy.ollama_template")
-    if system is not None and trims:
-        system = system.strip()  # the model's template trims it; Ollama's Go template cannot
     stops = list(dict.fromkeys([*family_stops, *eos_stops]))
     d = p["deploy"]
     values: list[tuple[str, Any]] = [("stop", s) for s in stops] + [("num_ctx", d["context"])]
@@ -120,7 +129,23 @@ def ollama_context(stage: Stage, merged: Path, eos_stops: list[str]) -> dict[str
     except modelfile.ModelfileError as exc:
         raise UserError(str(exc)) from None
     return {"ollama_template": template, "ollama_family": family, "ollama_system": system,
-            "ollama_parameters": parameters, "ollama_stops": stops}
+            "ollama_notes": [" ".join(n.split()) for n in notes], "ollama_parameters": parameters,
+            "ollama_stops": stops}
+
+
+def template_stops(stage: Stage, merged: Path, eos_stops: list[str]) -> list[str]:
+    """The stops Ollama would get (end of turn, turn openers), for LM Studio without an Ollama target."""
+    from tasks.deploy.ollama_template import TemplateNotSupported, detect
+    from tasks.formats import gguf
+
+    source = chat_template(merged)
+    if source is None or "gguf" not in stage.inputs:
+        return eos_stops
+    try:
+        found = detect(source, special_tokens(merged), gguf.adds_bos(stage.inputs["gguf"]))
+    except TemplateNotSupported:
+        return eos_stops
+    return list(dict.fromkeys([*found.stops, *eos_stops]))
 
 
 def check_modelfile(text: str, ctx: dict[str, Any], name: str) -> None:
@@ -208,7 +233,9 @@ def context(stage: Stage) -> dict[str, Any]:
     ctx.update(plan_context(stage, merged))
     if "ollama" in d["targets"]:
         ctx.update(ollama_context(stage, merged, eos))
-        ctx["stops"] = ctx["ollama_stops"]
+        ctx["stops"] = ctx.get("ollama_stops", eos)
+    elif "lmstudio" in d["targets"]:
+        ctx["stops"] = template_stops(stage, merged, eos)
     ctx["lmstudio_config"] = lmstudio_config(p, p["system"], ctx["stops"])
     return ctx
 
@@ -220,6 +247,7 @@ def deploy_summary(ctx: dict[str, Any]) -> dict[str, Any]:
         "model": ctx["model"], "targets": d["targets"], "quant": ctx["quant"], "gguf": ctx["gguf"],
         "gguf_sha256": ctx["gguf_sha256"], "host": d["host"], "port": d["port"], "context": d["context"],
         "system": ctx["system"], "stops": ctx["stops"], "ollama_family": ctx.get("ollama_family"),
+        **({"ollama_skipped": ctx["ollama_skipped"]} if "ollama_skipped" in ctx else {}),
         "lmstudio_files": ctx["lmstudio_files"] if "lmstudio" in d["targets"] else [],
         "plan": ctx["plan"],
     }
@@ -230,6 +258,14 @@ def build(stage: Stage, config: Config) -> None:
     template_dirs = {path.parent for role, path in stage.inputs.items() if role.startswith("template:")}
     env = environment(next(iter(template_dirs))) if template_dirs else None
     for out in stage.outputs:
+        if out.name == "Modelfile" and "ollama_skipped" in ctx:
+            # Not a Modelfile: the reason there is none (see tasks.core.stage.skipped_marker).
+            print(f"modelmake: {stage.task}: Ollama target skipped: {ctx['ollama_skipped']}", file=sys.stderr)
+            for stale in (out, out.with_name(out.name + ".sha256")):
+                stale.unlink(missing_ok=True)  # a Modelfile from an earlier build must not outlive this
+            atomic.write_text(skipped_marker(out), ctx["ollama_skipped"] + "\n")
+            continue
+        skipped_marker(out).unlink(missing_ok=True)
         if out.name == "deploy.json":
             text = json.dumps(deploy_summary(ctx), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         else:

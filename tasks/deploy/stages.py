@@ -16,7 +16,8 @@ from tasks.core.config.schema import Config, ModelSpec
 from tasks.core.stage import Stage, StageKind
 from tasks.formats.peft_adapter import adapter_files
 
-RENDER = StageKind("render", group="render", version=2, builder="tasks.deploy.render:build")
+# 3: derived Ollama TEMPLATEs (tools, thinking, trimming), stops with turn openers
+RENDER = StageKind("render", group="render", version=3, builder="tasks.deploy.render:build")
 
 
 def rendered_files(m: ModelSpec) -> dict[str, str | None]:
