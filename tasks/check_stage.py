@@ -109,8 +109,8 @@ def run_checks(stage: Stage) -> dict[str, Any]:
     step("transformers: base and base+adapter")
     merged_logits = layerwise_reference.model_logits(merged, probe_set)
     step("transformers: merged")
-    base_lp = [logit_stats.log_softmax(x) for x in base_logits]
-    adapted_lp = [logit_stats.log_softmax(x) for x in adapted_logits]
+    base_lp = [logit_stats.log_softmax(x, in_place=True) for x in base_logits]
+    adapted_lp = [logit_stats.log_softmax(x, in_place=True) for x in adapted_logits]
     del base_logits, adapted_logits
     merged_lp = [logit_stats.log_softmax(x) for x in merged_logits]
     retention = {"merged": logit_stats.adapter_retention(merged_lp, adapted_lp, base_lp)}
@@ -138,7 +138,7 @@ def run_checks(stage: Stage) -> dict[str, Any]:
         step(f"llama.cpp: {outtype} logits")
         result["logits"] = logit_stats.logit_parity(merged_logits, ref_logits)
         del merged_logits
-        ref_lp = [logit_stats.log_softmax(x) for x in ref_logits]
+        ref_lp = [logit_stats.log_softmax(x, in_place=True) for x in ref_logits]
         del ref_logits
         retention[outtype] = logit_stats.adapter_retention(ref_lp, adapted_lp, base_lp)
         quality[outtype] = logit_stats.quant_quality(ref_lp, ref_lp, probe_set)
@@ -150,10 +150,11 @@ def run_checks(stage: Stage) -> dict[str, Any]:
             except (ValueError, RuntimeError) as exc:
                 problems.append(f"{path.name}: llama.cpp cannot load it ({exc})")
                 continue
-            q_lp = [logit_stats.log_softmax(x) for x in batched_logits(llm, probe_set)]
+            q_lp = [logit_stats.log_softmax(x, in_place=True) for x in batched_logits(llm, probe_set)]
             del llm
             quality[gtype] = logit_stats.quant_quality(ref_lp, q_lp, probe_set)
             retention[gtype] = logit_stats.adapter_retention(q_lp, adapted_lp, base_lp)
+            del q_lp  # before the next GGUF's logits exist
             step(f"llama.cpp: {gtype}")
     result["adapter"] = retention
     result["quality"] = quality

@@ -53,6 +53,9 @@ def plan(config: Config, m: ModelSpec) -> tuple[str, list[str]]:
     text = planner.table(m.name, shape, rows, m.deploy.context)
     if not config.hardware:
         text += "\n(no [hardware.<name>] profiles in models.toml: nothing to plan against)"
+    from tasks import build_memory  # the build's own memory on this machine: informs, never fails the plan
+
+    text += "\n\n" + build_memory.table(config, m.name)
     if m.deploy.hardware and needs_gguf(m.deploy):
         q, profile = deploy_quant(m), config.hardware[m.deploy.hardware]
         weights, source = planner.gguf_weight_bytes(shape, q, gguf_path(config, m.name, q))

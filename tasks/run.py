@@ -57,6 +57,18 @@ def precheck(stage: Stage):
     return None
 
 
+def _announced(config, stage: Stage, build, log):
+    """`build`, first saying in one line when the stage is expected not to fit in this machine's memory."""
+    def run(s: Stage) -> None:
+        from tasks.build_memory import warning
+
+        note = warning(config, s)
+        if note:
+            log(f"warning: {note}")
+        build(s)
+    return run
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -89,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 built = run_fetch(config, stage, log)
             else:
-                built = run_stage(stage, builder(stage, config.threads), log, precheck(stage))
+                built = run_stage(stage, _announced(config, stage, builder(stage, config.threads), log), log,
+                                  precheck(stage))
             if built:
                 log(f"{stage.task}: {time.monotonic() - start:.1f}s")
     except UserError as exc:
