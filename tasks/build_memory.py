@@ -10,7 +10,9 @@ allocates itself, estimated from the model's safetensors headers and the evaluat
   the largest tensor's float32 size;
 - quantize: llama.cpp holds the largest tensor in float32 plus its quantized copy;
 - check: every probe's logits for a few models at once (positions x vocabulary float32), one
-  block of float32 weights (tasks/lockstep.py) and llama.cpp's batch (tasks/llama_batch_eval.py).
+  block of float32 weights (tasks/lockstep.py) and llama.cpp's batch (tasks/llama_batch_eval.py),
+  plus the weights llama.cpp repacks into memory at load (Q4_K and Q4_0 on x86: most of a Q4_K_M
+  file; it does the same when it serves the model).
 Each adds the interpreter and libraries of its process. The constants come from
 benchmarks/bench_pipeline.py (anonymous peaks measured per stage at 3B and 7B shape; the
 estimates are set a little above them). `doit plan:<model>` prints the table; a stage whose
@@ -40,6 +42,8 @@ RUNTIME = {"torch": 0.5 * GB, "converter": 0.45 * GB, "llama": 0.15 * GB, "light
 LOGIT_SETS = 4  # check: every probe's logits of base, base+adapter, merged and one GGUF, alive at once
 CHECK_BLOCK = 2 * 64 * 1024**2  # tasks.lockstep.BLOCK_LIMIT: a widened block and a head chunk
 LLAMA_BATCH = 2  # llama.cpp keeps the batch's logits twice (graph output and output buffer)
+# Share of a GGUF's bytes llama.cpp repacks into memory at load on x86 (AVX2): its Q4_K / Q4_0 / IQ4_NL tensors.
+REPACKED = {"q4_k_m": 0.8, "q4_k_s": 0.95, "q4_0": 0.95, "iq4_nl": 0.95}
 
 
 @dataclass(frozen=True)
@@ -160,8 +164,10 @@ def model_facts(base: Path, adapter: Path, eval_samples: Path) -> ModelFacts | N
                       estimate_positions(eval_samples))
 
 
-def stage_peak(kind: str, facts: ModelFacts, engine: str = "stream") -> float | None:
+def stage_peak(kind: str, facts: ModelFacts, engine: str = "stream", quants: tuple[str, ...] = ()) -> float | None:
     """Expected anonymous peak of one stage kind, in bytes; None for kinds not estimated."""
+    from tasks.planner import EFFECTIVE_BPW
+
     f = facts
     if kind == "merge":
         if engine == "peft":
@@ -173,7 +179,8 @@ def stage_peak(kind: str, facts: ModelFacts, engine: str = "stream") -> float | 
         return RUNTIME["llama"] + (4 + 2) * f.largest
     if kind == "check":
         logits = f.positions * f.vocab * 4
-        return RUNTIME["torch"] + LOGIT_SETS * logits + LLAMA_BATCH * logits + CHECK_BLOCK
+        repacked = max((REPACKED.get(q, 0) * EFFECTIVE_BPW.get(q, 0) / 8 * f.params for q in quants), default=0)
+        return RUNTIME["torch"] + LOGIT_SETS * logits + LLAMA_BATCH * logits + CHECK_BLOCK + repacked
     if kind in ("adapter", "render", "fetch"):
         return RUNTIME["light"]
     return None
@@ -191,7 +198,8 @@ def warning(config: Any, stage: Any, limit: Limit | None = None) -> str | None:
     if stage.model is None or stage.model not in config.models:
         return None
     facts = _facts_for(config, stage.model)
-    peak = stage_peak(stage.kind, facts, config.models[stage.model].merge) if facts else None
+    m = config.models[stage.model]
+    peak = stage_peak(stage.kind, facts, m.merge, m.quants) if facts else None
     limit = limit or memory_limit()
     if peak is None or peak <= limit.bytes:
         return None
@@ -214,7 +222,7 @@ def table(config: Any, model: str, limit: Limit | None = None) -> str:
              f"elements, ~{facts.positions} evaluation positions x {facts.vocab} vocabulary",
              f"{'stage':<28} {'expected peak':>13}  fits"]
     for stage in model_stages(config, m):
-        peak = stage_peak(stage.kind, facts, m.merge)
+        peak = stage_peak(stage.kind, facts, m.merge, m.quants)
         if peak is not None:
             lines.append(f"{stage.task:<28} {peak / GB:>10.2f} GB  {'yes' if peak <= limit.bytes else 'NO'}")
     return "\n".join(lines)

@@ -53,7 +53,7 @@ def run_checks(stage: Stage) -> dict[str, Any]:
 
     from tasks import gguf_validate, layerwise_reference, logit_stats, parity, tokenizer_parity
     from tasks.eval_set import load_samples, probes
-    from tasks.llama_batch_eval import batched_logits
+    from tasks.llama_batch_eval import batched_logits, load
 
     params = stage.params
     outtype = params["outtype"]
@@ -124,7 +124,7 @@ def run_checks(stage: Stage) -> dict[str, Any]:
     quality: dict[str, Any] = {}
     with parity.quiet_native(stage.log):
         try:
-            llm = parity.open_llama(usable[outtype], n_ctx, logits_all=False)
+            llm, repacked = load(usable[outtype], n_ctx)
         except (ValueError, RuntimeError) as exc:
             problems.append(f"{usable[outtype].name}: llama.cpp cannot load it ({exc})")
             return result
@@ -133,7 +133,7 @@ def run_checks(stage: Stage) -> dict[str, Any]:
         result["stop_ids"] = stops
         problems += [f"GGUF validity: {p}" for p in stop_problems]
         step("llama.cpp: load, tokenizer parity")
-        ref_logits = batched_logits(llm, probe_set)
+        ref_logits = batched_logits(llm, probe_set, repacked)
         del llm
         step(f"llama.cpp: {outtype} logits")
         result["logits"] = logit_stats.logit_parity(merged_logits, ref_logits)
@@ -146,11 +146,11 @@ def run_checks(stage: Stage) -> dict[str, Any]:
             if gtype == outtype:
                 continue
             try:
-                llm = parity.open_llama(path, n_ctx, logits_all=False)
+                llm, repacked = load(path, n_ctx)
             except (ValueError, RuntimeError) as exc:
                 problems.append(f"{path.name}: llama.cpp cannot load it ({exc})")
                 continue
-            q_lp = [logit_stats.log_softmax(x, in_place=True) for x in batched_logits(llm, probe_set)]
+            q_lp = [logit_stats.log_softmax(x, in_place=True) for x in batched_logits(llm, probe_set, repacked)]
             del llm
             quality[gtype] = logit_stats.quant_quality(ref_lp, q_lp, probe_set)
             retention[gtype] = logit_stats.adapter_retention(q_lp, adapted_lp, base_lp)
