@@ -20,9 +20,9 @@ FIXTURE_NAMES = ("demo-base", "demo-adapter")
 def fresh_prebuilt_fixtures() -> Path | None:
     """Already built demo fixtures that are fresh for the current code: the repo's own build, or
     the test cache conftest keeps between sessions; None if neither is."""
-    from tasks.build.registry import fixture_stages
     from tasks.core.config.load import load_config
     from tasks.core.stage import stale_reason
+    from tasks.fixtures.stages import fixture_stages
 
     for fixtures in (REPO / "artifacts" / "fixtures", FIXTURE_CACHE):
         if not all((fixtures / "manifests" / f"{n}.json").is_file() for n in FIXTURE_NAMES):

@@ -36,6 +36,12 @@ def _base_deps(config: Config, m: ModelSpec) -> list[str]:
     return [task] if task else []
 
 
+def _print_build_memory(config: Config, model: str) -> None:
+    from tasks.build import memory_plan
+
+    print(memory_plan.table(config, model) + "\n")
+
+
 def plan_tasks(config: Config) -> Iterator[dict[str, Any]]:
     from tasks.deploy.cli import plan_fits
 
@@ -44,7 +50,8 @@ def plan_tasks(config: Config) -> Iterator[dict[str, Any]]:
         yield {
             "name": m.name,
             "doc": f"memory plan of {m.name}: largest context per quant and hardware profile",
-            "actions": [_cli(config, "plan", m.name)],
+            # The build's own memory on this machine first: it informs, never fails the plan.
+            "actions": [(_print_build_memory, [config, m.name]), _cli(config, "plan", m.name)],
             "uptodate": [False] if explicit else [(plan_fits, [config, m], {})],
             "task_dep": _base_deps(config, m),
             "verbosity": 2,

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tasks.build import memory_plan
 from tasks.build.registry import all_stages
 from tasks.core.config.load import load_config
 from tasks.core.config.schema import Config
@@ -28,7 +29,14 @@ def run(stage: Stage, config: Config, log: Callable[[str], None]) -> bool:
         return resolve(kind.runner)(stage, config, log)
     build = resolve(kind.builder)
     precheck = resolve(kind.precheck) if kind.precheck else None
-    return run_stage(stage, lambda s: build(s, config), log, precheck)
+
+    def announced(s: Stage) -> None:  # once it is known to build: say so if it is not expected to fit
+        note = memory_plan.warning(config, s)
+        if note:
+            log(f"warning: {note}")
+        build(s, config)
+
+    return run_stage(stage, announced, log, precheck)
 
 
 def _interrupt(signum: int, _frame: object) -> None:

@@ -53,8 +53,9 @@ def run_checks(stage: Stage) -> dict[str, Any]:
     """Measure everything; gates are applied afterwards by `apply_gates`."""
     import transformers
 
-    from tasks.checks import gguf_validate, logit_stats, parity, tokenizer_parity
+    from tasks.checks import gguf_validate, layerwise_reference, logit_stats, parity, tokenizer_parity
     from tasks.checks.eval_set import load_samples, probes
+    from tasks.checks.llama_batch_eval import batched_logits, load
 
     params = stage.params
     outtype = params["outtype"]
@@ -102,14 +103,16 @@ def run_checks(stage: Stage) -> dict[str, Any]:
                         # The token ids every runtime saw (the report replays them for speed figures).
                         "ids": [{"prompt": p.prompt, "answer": p.answer} for p in probe_set]}
 
-    # HF side: base, base+adapter (peft, unmerged), merged; all float32.
+    # HF side: base, base+adapter (peft, unmerged), merged; all float32, one sweep over each model's
+    # weights for all probes (tasks/layerwise_reference.py).
     adapter_dir = stage.inputs["adapter_config"].parent
-    base_logits, adapted_logits = parity.hf_logits(stage.inputs["base"], probe_set, adapter_dir)
+    base_logits, adapted_logits = layerwise_reference.base_and_adapted_logits(stage.inputs["base"], adapter_dir,
+                                                                              probe_set)
     step("transformers: base and base+adapter")
-    merged_logits, _ = parity.hf_logits(merged, probe_set)
+    merged_logits = layerwise_reference.model_logits(merged, probe_set)
     step("transformers: merged")
-    base_lp = [logit_stats.log_softmax(x) for x in base_logits]
-    adapted_lp = [logit_stats.log_softmax(x) for x in adapted_logits]
+    base_lp = [logit_stats.log_softmax(x, in_place=True) for x in base_logits]
+    adapted_lp = [logit_stats.log_softmax(x, in_place=True) for x in adapted_logits]
     del base_logits, adapted_logits
     merged_lp = [logit_stats.log_softmax(x) for x in merged_logits]
     retention = {"merged": logit_stats.adapter_retention(merged_lp, adapted_lp, base_lp)}
@@ -123,7 +126,7 @@ def run_checks(stage: Stage) -> dict[str, Any]:
     quality: dict[str, Any] = {}
     with parity.quiet_native(stage.log):
         try:
-            llm = parity.open_llama(usable[outtype], n_ctx)
+            llm, repacked = load(usable[outtype], n_ctx)
         except (ValueError, RuntimeError) as exc:
             problems.append(f"{usable[outtype].name}: llama.cpp cannot load it ({exc})")
             return result
@@ -132,12 +135,12 @@ def run_checks(stage: Stage) -> dict[str, Any]:
         result["stop_ids"] = stops
         problems += [f"GGUF validity: {p}" for p in stop_problems]
         step("llama.cpp: load, tokenizer parity")
-        ref_logits = parity.llama_logits(llm, probe_set)
+        ref_logits = batched_logits(llm, probe_set, repacked)
         del llm
         step(f"llama.cpp: {outtype} logits")
         result["logits"] = logit_stats.logit_parity(merged_logits, ref_logits)
         del merged_logits
-        ref_lp = [logit_stats.log_softmax(x) for x in ref_logits]
+        ref_lp = [logit_stats.log_softmax(x, in_place=True) for x in ref_logits]
         del ref_logits
         retention[outtype] = logit_stats.adapter_retention(ref_lp, adapted_lp, base_lp)
         quality[outtype] = logit_stats.quant_quality(ref_lp, ref_lp, probe_set)
@@ -145,14 +148,15 @@ def run_checks(stage: Stage) -> dict[str, Any]:
             if gtype == outtype:
                 continue
             try:
-                llm = parity.open_llama(path, n_ctx)
+                llm, repacked = load(path, n_ctx)
             except (ValueError, RuntimeError) as exc:
                 problems.append(f"{path.name}: llama.cpp cannot load it ({exc})")
                 continue
-            q_lp = [logit_stats.log_softmax(x) for x in parity.llama_logits(llm, probe_set)]
+            q_lp = [logit_stats.log_softmax(x, in_place=True) for x in batched_logits(llm, probe_set, repacked)]
             del llm
             quality[gtype] = logit_stats.quant_quality(ref_lp, q_lp, probe_set)
             retention[gtype] = logit_stats.adapter_retention(q_lp, adapted_lp, base_lp)
+            del q_lp  # before the next GGUF's logits exist
             step(f"llama.cpp: {gtype}")
     result["adapter"] = retention
     result["quality"] = quality

@@ -13,10 +13,12 @@ from typing import Any
 from tasks.checks.eval_set import Probe
 
 
-def log_softmax(logits: Any) -> Any:
+def log_softmax(logits: Any, in_place: bool = False) -> Any:
+    """Log-probabilities of float32 logits; `in_place` overwrites the caller's array (same numbers, no copy:
+    the check holds several models' logits for every probe at once)."""
     import numpy as np
 
-    x = logits.astype(np.float32)  # a copy: the caller's logits stay as they were
+    x = logits if in_place and logits.dtype == np.float32 else logits.astype(np.float32)
     x -= x.max(axis=-1, keepdims=True)
     x -= np.log(np.exp(x).sum(axis=-1, keepdims=True, dtype=np.float64)).astype(np.float32)
     return x
