@@ -65,6 +65,47 @@ def test_killed_stage_is_not_taken_as_built(scratch_ws: Workspace, task: str, pa
     assert not list(st.outputs[0].parent.glob(".*.tmp-*")), "leftover temporaries are cleaned up"
 
 
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(") ", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.parametrize(("task", "pattern"), [("convert:alpha", ".alpha-f16.gguf.tmp-*"),
+                                               ("quantize:alpha-q4_k_m", ".alpha-q4_k_m.gguf.tmp-*")])
+def test_sigkill_of_the_worker_takes_llamacpp_with_it(scratch_ws: Workspace, task: str, pattern: str) -> None:
+    """Before: the converter kept writing after its worker was killed and raced the recovery run."""
+    st = stage(scratch_ws, task)
+    st.manifest.unlink()
+    proc = start(scratch_ws, task)
+    wait_for_temp(st.outputs[0].parent, pattern, proc)
+    kids = children_of(proc.pid)
+    assert kids, "the stage runs llama.cpp in a child process"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while any(alive(k) for k in kids):
+        assert time.monotonic() < deadline, "llama.cpp outlived its killed worker"
+        time.sleep(0.05)
+    run = scratch_ws.doit()
+    assert task in run.executed
+    assert stale_reason(st) is None
+    assert not list(st.outputs[0].parent.glob(".*.tmp-*")), "no temporary remains after the recovery"
+
+
 def test_truncated_output_under_final_name_is_rebuilt(scratch_ws: Workspace) -> None:
     """Even if something outside modelmake truncates an artifact, the manifest's digest catches it."""
     st = stage(scratch_ws, "quantize:beta-q8_0")

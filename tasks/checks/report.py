@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tasks.core import atomic
+from tasks.core import atomic, procs
 from tasks.core.config.schema import Config
 from tasks.core.errors import UserError
 from tasks.core.layout import REPO
@@ -35,8 +35,7 @@ def runtime(gguf: Path, ids: list[dict[str, list[int]]], log: Path) -> dict[str,
         cmd = [sys.executable, "-m", "tasks.checks.runtime_probe", str(gguf), "--samples", str(samples),
                "--threads", str(THREADS)]
         with open(log, "ab") as log_fh:
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log_fh, check=False,
-                                  cwd=REPO)
+            proc = procs.run(cmd, stdout=subprocess.PIPE, stderr=log_fh, cwd=REPO)
     if proc.returncode != 0:
         raise UserError(f"{gguf}: runtime measurement failed (exit {proc.returncode}; log: {log})")
     return json.loads(proc.stdout)

@@ -2,6 +2,8 @@
 
 The holder's pid is written into the file, so a second build waiting on a stage can say who it
 waits for. The lock is released when the block ends or the process dies (the kernel drops it).
+Children started through tasks.core.procs inherit the held locks (`held_fds`): an orphan still
+writing a stage's outputs keeps that stage locked until it is gone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,13 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+_held: list[int] = []
+
+
+def held_fds() -> tuple[int, ...]:
+    """File descriptors of the locks this process holds now (passed on to its children)."""
+    return tuple(_held)
 
 
 @contextlib.contextmanager
@@ -32,7 +41,9 @@ def exclusive(path: Path, waiting_for: str | None = None) -> Iterator[None]:
         fh.truncate()
         fh.write(str(os.getpid()))
         fh.flush()
+        _held.append(fh.fileno())
         try:
             yield
         finally:
+            _held.remove(fh.fileno())
             fcntl.flock(fh, fcntl.LOCK_UN)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.core import atomic, toolchain
+from tasks.core import atomic, procs, toolchain
 from tasks.core.config.schema import Config
 from tasks.core.errors import UserError
 from tasks.core.stage import Stage
@@ -24,8 +24,8 @@ def convert(merged: Path, out: Path, outtype: str, model_name: str, log: Path) -
     ]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as log_fh:
-        proc = subprocess.run(cmd, env=toolchain.converter_env(), stdout=log_fh, stderr=subprocess.STDOUT,
-                              cwd=out.parent, check=False)
+        proc = procs.run(cmd, env=toolchain.converter_env(), stdout=log_fh, stderr=subprocess.STDOUT,
+                         cwd=out.parent)
     if proc.returncode != 0:
         tail = _last_error_line(log)
         raise UserError(f"{merged}: llama.cpp converter failed (exit {proc.returncode}): {tail} (log: {log})")

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.core import atomic, toolchain
+from tasks.core import atomic, procs, toolchain
 from tasks.core.config.schema import Config
 from tasks.core.errors import UserError
 from tasks.core.layout import REPO
@@ -38,13 +38,7 @@ def quantize(src: Path, dst: Path, qtype: str, threads: int, log: Path) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "tasks.gguf.quantize", str(src), str(dst), qtype, str(threads)]
     with open(log, "ab") as log_fh:
-        proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, cwd=REPO)
-        try:
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+        rc = procs.run(cmd, stdout=log_fh, stderr=subprocess.STDOUT, cwd=REPO).returncode
     if rc != 0:
         raise UserError(f"{src}: llama.cpp failed to quantize to {qtype} (exit {rc}; log: {log})")
 

@@ -22,6 +22,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from tasks.core import procs
 from tasks.core.config.remote import HEX64_RE, REQUIRED_FILES, SshRemote, check_file_name
 from tasks.core.errors import UserError
 from tasks.core.hashing import cache_for
@@ -103,7 +104,7 @@ def probe(remote: SshRemote, role: str) -> tuple[bool, dict[str, str] | None]:
     """(remote has rsync, manifest digests or None when pinned); UserError on any problem."""
     cmd = [*ssh_command(remote), remote.destination, "/bin/sh -c " + shlex.quote(probe_script(remote, role))]
     try:
-        proc = subprocess.run(
+        proc = procs.run(
             cmd, capture_output=True, text=True, timeout=CONNECT_TIMEOUT * 3, stdin=subprocess.DEVNULL
         )
     except FileNotFoundError:
@@ -164,7 +165,7 @@ def _rsync(remote: SshRemote, staging: Path, names: list[str], log: Callable[[st
         cmd.append(f"--bwlimit={remote.bwlimit}")
     cmd += [f"{remote.destination}:{remote.path}/", f"{staging}/"]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        proc = procs.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               env={**os.environ, "LC_ALL": "C"})
     finally:
         listing.unlink(missing_ok=True)
@@ -201,10 +202,10 @@ def _scp(remote: SshRemote, staging: Path, expected: dict[str, str], artifacts: 
         tmp = dest.with_name(f".{dest.name}.scp-{os.getpid()}")
         base = ["scp", "-q", "-p", "-P", str(remote.port), *ssh_options(remote)]
         src = f"{remote.destination}:{remote.path}/{name}"
-        proc = subprocess.run([*base, src, str(tmp)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        proc = procs.run([*base, src, str(tmp)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if proc.returncode != 0 and "subsystem" in proc.stderr.lower():
             # No SFTP server on the remote: the legacy protocol needs only `scp` there.
-            proc = subprocess.run([*base, "-O", src, str(tmp)], capture_output=True, text=True,
+            proc = procs.run([*base, "-O", src, str(tmp)], capture_output=True, text=True,
                                   stdin=subprocess.DEVNULL)
         if proc.returncode != 0:
             tmp.unlink(missing_ok=True)
