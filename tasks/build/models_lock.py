@@ -43,8 +43,16 @@ def render_lock(content: dict[str, Any]) -> str:
     return json.dumps(content, indent=2, sort_keys=True) + "\n"
 
 
+def sweep_stale_temps(config: Config) -> list[Path]:
+    """Remove every temporary a killed build left: beside models.lock and anywhere under artifacts/
+    (manifests, the digest cache, outputs of stages that have not run since). Each stage sweeps its
+    own directories before it builds; this catches the rest at the end of every full build."""
+    return atomic.remove_stale_temps(config.root) + atomic.remove_stale_temps(config.artifacts, recursive=True)
+
+
 def lock_is_current(config: Config, stages: list[Stage]) -> bool:
     """doit `uptodate` of the lock task: models.lock already says what the manifests say."""
+    sweep_stale_temps(config)
     path = lock_path(config)
     return path.is_file() and path.read_text(encoding="utf-8") == render_lock(lock_content(config, stages))
 

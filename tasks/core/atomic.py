@@ -14,10 +14,27 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+TEMP_MARK = ".tmp-"  # every temporary this project writes is `.<name>.tmp-<owner pid>-<random>`
+
 
 def temp_name(final: Path) -> Path:
-    """A hidden sibling of `final`, unique per call, recognisable as ours for clean-up."""
-    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    """A hidden sibling of `final`, unique per call, recognisable as ours for clean-up.
+
+    The one naming scheme of every temporary we write (outputs, manifests, sidecars, models.lock,
+    fetched files): the owner's pid in the name is what lets `remove_stale_temps` tell debris of a
+    killed build from the work of a live one."""
+    return final.with_name(f".{final.name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def temp_owner(path: Path) -> int | None:
+    """The pid in one of our temporary names, or None when the name is not ours."""
+    name = path.name
+    if not name.startswith(".") or TEMP_MARK not in name:
+        return None
+    try:
+        return int(name.rsplit(TEMP_MARK, 1)[1].split("-")[0])
+    except (IndexError, ValueError):
+        return None
 
 
 def fsync_path(path: Path) -> None:
@@ -81,21 +98,37 @@ def atomic_dir(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove_stale_temps(directory: Path) -> None:
-    """Delete temporaries left by a killed build (their pid is no longer running)."""
+def remove_stale_temps(directory: Path, recursive: bool = False) -> list[Path]:
+    """Delete temporaries left by a killed build (their owner pid is no longer running); return them.
+
+    A live owner's temporaries are left alone (another build is writing them). With `recursive`,
+    every directory below is swept too, except inside temporaries (removed whole or still in use)."""
+    removed: list[Path] = []
     if not directory.is_dir():
-        return
-    for p in directory.glob(".*.tmp-*"):
+        return removed
+    dirs = [directory]
+    while dirs:
+        current = dirs.pop()
         try:
-            pid = int(p.name.rsplit(".tmp-", 1)[1].split("-")[0])
-        except (IndexError, ValueError):
-            continue
-        if pid != os.getpid() and not _pid_alive(pid):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
+            entries = list(os.scandir(current))
+        except OSError:
+            continue  # unreadable or vanished: nothing of ours to remove there
+        for entry in entries:
+            path = Path(entry.path)
+            pid = temp_owner(path)
+            if pid is None:
+                if recursive and entry.is_dir(follow_symlinks=False):
+                    dirs.append(path)
+                continue
+            if pid == os.getpid() or _pid_alive(pid):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path, ignore_errors=True)
             else:
                 with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
+                    path.unlink()
+            removed.append(path)
+    return removed
 
 
 def _pid_alive(pid: int) -> bool:

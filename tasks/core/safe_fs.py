@@ -142,7 +142,7 @@ class SafeRoot:
                     os.unlink(tmp, dir_fd=d)
 
     def _temp(self) -> str:
-        return f".modelmake-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        return f".modelmake.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # tasks.core.atomic's scheme
 
     def write_bytes(self, r: Rel, data: bytes) -> None:
         with self._replace(r) as fh:

@@ -207,8 +207,10 @@ def run_stage(
         key = stage.key()
         with contextlib.suppress(FileNotFoundError):
             stage.manifest.unlink()
-        for out in stage.outputs:
-            atomic.remove_stale_temps(out.parent)
+        # Debris of a killed build of this stage: beside its outputs and its manifest (we hold its
+        # lock, and its children inherit it, so no live writer of these names is left).
+        for directory in sorted({out.parent for out in stage.outputs} | {stage.manifest.parent}):
+            atomic.remove_stale_temps(directory)
         build(stage)
         files = _output_files(stage)
         cache = cache_for(stage.artifacts)

@@ -22,7 +22,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.core import procs
+from tasks.core import atomic, procs
 from tasks.core.config.remote import HEX64_RE, REQUIRED_FILES, SshRemote, check_file_name
 from tasks.core.errors import UserError
 from tasks.core.hashing import cache_for
@@ -155,7 +155,7 @@ def parse_manifest(lines: list[str], name: str) -> dict[str, str]:
 
 # ---- transfer ----------------------------------------------------------------------------------
 def _rsync(remote: SshRemote, staging: Path, names: list[str], log: Callable[[str], None]) -> dict[str, int]:
-    listing = staging / f".files-from.{os.getpid()}"
+    listing = atomic.temp_name(staging / "files-from")
     listing.write_text("".join(n + "\n" for n in names), encoding="utf-8")
     cmd = [
         "rsync", "-t", f"--partial-dir={PARTIAL_DIR}", f"--files-from={listing}", f"--timeout={IO_TIMEOUT}",
@@ -199,7 +199,7 @@ def _scp(remote: SshRemote, staging: Path, expected: dict[str, str], artifacts: 
         if dest.is_file() and cache.sha256(dest) == want:
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.scp-{os.getpid()}")
+        tmp = atomic.temp_name(dest)
         base = ["scp", "-q", "-p", "-P", str(remote.port), *ssh_options(remote)]
         src = f"{remote.destination}:{remote.path}/{name}"
         proc = procs.run([*base, src, str(tmp)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
