@@ -7,10 +7,11 @@ artifact changed. CI caches key on it: same lock, same artifacts.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-from tasks.core import atomic, toolchain
+from tasks.core import atomic, diskspace, toolchain
 from tasks.core.config.schema import Config
 from tasks.core.manifest import read_manifest
 from tasks.core.stage import Stage
@@ -53,15 +54,28 @@ def sweep_stale_temps(config: Config) -> list[Path]:
 def lock_is_current(config: Config, stages: list[Stage]) -> bool:
     """doit `uptodate` of the lock task: models.lock already says what the manifests say."""
     sweep_stale_temps(config)
-    path = lock_path(config)
-    return path.is_file() and path.read_text(encoding="utf-8") == render_lock(lock_content(config, stages))
+    return _current_bytes(lock_path(config)) == render_lock(lock_content(config, stages)).encode()
+
+
+def _current_bytes(path: Path) -> bytes | None:
+    """models.lock as it is on disk, compared as bytes: derived from the manifests, so a lock that is not
+    even UTF-8 (a flipped byte) is merely stale and rewritten, never an error."""
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
 
 
 def write_lock(config: Config, stages: list[Stage]) -> bool:
     """Write models.lock if its content changed; return True if written."""
     path = lock_path(config)
     text = render_lock(lock_content(config, stages))
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
+    if _current_bytes(path) == text.encode():
         return False
-    atomic.write_text(path, text)
+    try:
+        atomic.write_text(path, text)
+    except OSError as exc:  # doit would print a traceback: one line instead, and the task fails
+        why = diskspace.message(path) if diskspace.is_disk_full(exc) else f"cannot write {path}: {exc.strerror}"
+        print(f"modelmake: error: lock: {why}", file=sys.stderr)
+        return False
     return True

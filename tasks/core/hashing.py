@@ -7,9 +7,11 @@ digest is recomputed once, which is exactly the verification a restore needs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,32 +43,94 @@ def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
 
 
 class HashCache:
-    """Persistent path -> digest cache in SQLite (safe with concurrent builds)."""
+    """Persistent path -> digest cache in SQLite (safe with concurrent builds).
+
+    Derived state, so it can never stop a build: a database that cannot be read (a flipped byte,
+    a truncated file, not SQLite at all) is discarded with one warning line and started afresh,
+    and where it cannot be written at all (artifacts/ read-only) digests are kept in memory only.
+    """
 
     def __init__(self, db_path: Path) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(db_path, timeout=30, check_same_thread=False, isolation_level=None)
+        self.path = db_path
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS digests_v2 "
-            "(path TEXT PRIMARY KEY, size INT, mtime_ns INT, ctime_ns INT, ino INT, sha256 TEXT)"
-        )
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            return self._connect(self.path, check=True)
+        except sqlite3.DatabaseError as exc:
+            return self._replace(exc)
+
+    def _replace(self, exc: sqlite3.DatabaseError) -> sqlite3.Connection:
+        """A fresh database in place of one that failed with `exc` (in memory if none can be written)."""
+        if "disk is full" in str(exc):
+            _warn(f"{self.path}: disk full; file digests are kept in memory for this run")
+            return self._connect(Path(":memory:"), check=False)
+        if self._unwritable():
+            _warn(f"{self.path.parent}: not writable ({exc}); file digests are kept in memory for this run")
+            return self._connect(Path(":memory:"), check=False)
+        _warn(f"{self.path}: digest cache unreadable ({exc}); discarded, it is rebuilt as files are hashed")
+        self._discard()
+        try:
+            return self._connect(self.path, check=False)
+        except sqlite3.DatabaseError as again:
+            _warn(f"{self.path}: cannot recreate the digest cache ({again}); file digests are kept in memory")
+            return self._connect(Path(":memory:"), check=False)
+
+    def _connect(self, path: Path, check: bool) -> sqlite3.Connection:
+        if str(path) != ":memory:":
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise sqlite3.OperationalError(f"cannot create {path.parent}: {exc.strerror}") from None
+        db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS digests_v2 "
+                "(path TEXT PRIMARY KEY, size INT, mtime_ns INT, ctime_ns INT, ino INT, sha256 TEXT)"
+            )
+            if check:  # a few KB per thousand files: cheap, and it finds damaged pages before a lookup does
+                (verdict,) = db.execute("PRAGMA quick_check").fetchone()
+                if verdict != "ok":
+                    raise sqlite3.DatabaseError(verdict)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _unwritable(self) -> bool:
+        directory = self.path.parent
+        while not directory.exists() and directory != directory.parent:
+            directory = directory.parent
+        return not os.access(directory, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK))
+
+    def _discard(self) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(OSError):
+                Path(f"{self.path}{suffix}").unlink()
+
+    def _query(self, sql: str, args: tuple[object, ...]) -> tuple[object, ...] | None:
+        """Run one statement; a database damaged while in use is replaced once, then tried again."""
+        with self._lock:
+            for attempt in (1, 2):
+                try:
+                    return self._db.execute(sql, args).fetchone()
+                except sqlite3.DatabaseError as exc:
+                    if attempt == 2:
+                        raise
+                    self._db.close()
+                    self._db = self._replace(exc)
+            return None
 
     def lookup(self, path: Path, st: os.stat_result) -> str | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT size, mtime_ns, ctime_ns, ino, sha256 FROM digests_v2 WHERE path = ?", (str(path),)
-            ).fetchone()
+        row = self._query("SELECT size, mtime_ns, ctime_ns, ino, sha256 FROM digests_v2 WHERE path = ?", (str(path),))
         if row and tuple(row[:4]) == _stat_key(st):
-            return row[4]
+            return str(row[4])
         return None
 
     def store(self, path: Path, st: os.stat_result, digest: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO digests_v2 VALUES (?, ?, ?, ?, ?, ?)", (str(path), *_stat_key(st), digest)
-            )
+        self._query("INSERT OR REPLACE INTO digests_v2 VALUES (?, ?, ?, ?, ?, ?)", (str(path), *_stat_key(st), digest))
 
     def sha256(self, path: Path) -> str:
         """Digest of `path`, from the cache when its stat key is unchanged."""
@@ -93,6 +157,10 @@ class HashCache:
         digests = self.sha256_many(files)
         lines = "".join(f"{digests[p]}  {p.relative_to(directory).as_posix()}\n" for p in files)
         return sha256_bytes(lines.encode())
+
+
+def _warn(message: str) -> None:
+    print(f"modelmake: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _is_hidden(path: Path, root: Path) -> bool:

@@ -24,9 +24,20 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     """The manifest as written, or None if missing or unreadable (treated as not built)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError):  # missing, unreadable, truncated, not UTF-8, not JSON
         return None
-    return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None
+    return data if _well_formed(data) else None
+
+
+def _well_formed(data: object) -> bool:
+    """A manifest everything downstream can read without a KeyError: anything else counts as not built."""
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("key"), str):
+        return False
+    outputs = data.get("outputs")
+    return isinstance(outputs, dict) and all(
+        isinstance(rec, dict) and isinstance(rec.get("sha256"), str) and isinstance(rec.get("size"), int)
+        for rec in outputs.values()
+    )
 
 
 def write_manifest(path: Path, fields: dict[str, Any], outputs: dict[str, dict[str, Any]]) -> None:
