@@ -14,7 +14,18 @@ Three steps, so that a bad download never reaches what is built from it:
    (write-then-rename) and only that model's stages see a new input digest.
 
 doit runs a fetch task every time (the remote may have changed); everything after it keeps
-deciding freshness by content. A record of what was fetched, from where and when is written
+deciding freshness by content. The remote is not needed when the snapshot on disk is verified
+(its files have the digests its manifest records) and
+
+- the source is pinned by SHA256 in models.toml and the snapshot holds exactly those files: no
+  contact at all, nothing could have changed;
+- the build is offline (`MODELMAKE_OFFLINE=1`, or `HF_HUB_OFFLINE=1` for a Hub source): used as is;
+- the remote cannot be reached (the rented box that trained the adapter is gone, CI has no SSH
+  key): one warning line and the snapshot is used as is.
+
+With no verified snapshot the last two stay a one-line error.
+
+A record of what was fetched, from where and when is written
 beside the snapshot as `<role>.fetch.json`: it holds timestamps, so it is not part of any key.
 """
 
@@ -23,14 +34,17 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
 from tasks.core import atomic
 from tasks.core.config.schema import Config, Source
 from tasks.core.errors import UserError
+from tasks.core.hashing import cache_for
+from tasks.core.manifest import outputs_of, read_manifest
 from tasks.core.stage import Stage, run_stage
-from tasks.sources.staging import Download, download_lock, link_or_copy, list_files, record_path
+from tasks.sources.staging import Download, Unreachable, download_lock, link_or_copy, list_files, record_path
 
 
 def label(model: str, role: str, src: Source) -> str:
@@ -76,6 +90,40 @@ def _write_record(stage: Stage, src: Source, role: str, result: Download, change
     atomic.write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
+def verified_snapshot(stage: Stage) -> dict[str, str] | None:
+    """The snapshot's files (relative to it) -> sha256 when every one still has the digest its manifest
+    records, else None (never fetched, damaged, or changed by hand)."""
+    (snapshot,) = stage.outputs
+    recorded = outputs_of(read_manifest(stage.manifest))
+    prefix = stage.rel(snapshot) + "/"
+    files = {rel[len(prefix):]: rec["sha256"] for rel, rec in recorded.items() if rel.startswith(prefix)}
+    if not files:
+        return None
+    cache = cache_for(stage.artifacts)
+    for rel, digest in files.items():
+        path = snapshot / rel
+        if not path.is_file() or cache.sha256(path) != digest:
+            return None
+    return files
+
+
+def _since(stage: Stage) -> str:
+    (snapshot,) = stage.outputs
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        record = json.loads(record_path(snapshot).read_text(encoding="utf-8"))
+        return f"verified {record['checked_at']}"
+    return "verified earlier"
+
+
+def offline_reason(kind: str) -> str | None:
+    """Why remotes must not be contacted in this build, or None."""
+    if os.environ.get("MODELMAKE_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "MODELMAKE_OFFLINE=1"
+    if kind == "hub" and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE=1"
+    return None
+
+
 def run_fetch(stage: Stage, config: Config, log: Callable[[str], None] = print) -> bool:
     """Download, verify, then update the snapshot if its bytes changed; True if they did."""
     assert stage.model is not None
@@ -86,6 +134,16 @@ def run_fetch(stage: Stage, config: Config, log: Callable[[str], None] = print) 
     where = label(m.name, role, src)
     checked_at = _now()
     with download_lock(staging):
+        have = verified_snapshot(stage)
+        if have is not None and src.remote.sha256 and dict(src.remote.sha256) == have:
+            log(f"{stage.task}: pinned by SHA256 in models.toml and the snapshot matches: remote not contacted")
+            return False
+        offline = offline_reason(src.remote.kind)
+        if offline and have is not None:
+            log(f"{stage.task}: {offline}: using the snapshot ({_since(stage)}) as is")
+            return False
+        if offline and src.remote.kind != "hub":  # the Hub's offline mode may still find its own cache
+            raise UserError(f"{where}: {offline} and no verified snapshot yet: run once with the remote reachable")
         staging.mkdir(parents=True, exist_ok=True)
         try:
             if src.remote.kind == "ssh":
@@ -96,6 +154,11 @@ def run_fetch(stage: Stage, config: Config, log: Callable[[str], None] = print) 
                 from tasks.sources import hub
 
                 result = hub.download(src.remote, staging, role, config.artifacts, log)
+        except Unreachable as exc:
+            if have is None:
+                raise UserError(f"{where}: {exc}; no verified snapshot to build from") from None
+            log(f"modelmake: warning: {where}: {exc}; using the snapshot ({_since(stage)}) as is")
+            return False
         except UserError as exc:
             raise UserError(f"{where}: {exc}") from None
         log(f"{stage.task}: {len(result.files)} file(s) verified against {result.verified_against} ({result.method})")

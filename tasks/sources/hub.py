@@ -20,10 +20,11 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from tasks.core import atomic
 from tasks.core.config.remote import HEX40_RE, HEX64_RE, REQUIRED_FILES, HubRemote
 from tasks.core.errors import UserError
 from tasks.core.hashing import cache_for
-from tasks.sources.staging import Download, prune, verify
+from tasks.sources.staging import Download, Unreachable, prune, verify
 
 
 def _storage_folder(repo_id: str) -> Path:
@@ -81,11 +82,11 @@ def _snapshot(remote: HubRemote) -> Path:
         ) from None
     except LocalEntryNotFoundError:
         if offline:
-            raise UserError(
+            raise Unreachable(
                 f"revision {rev} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
                 f"(cache: {constants.HF_HUB_CACHE})"
             ) from None
-        raise UserError(f"cannot reach the Hub and revision {rev} is not cached (cache: {constants.HF_HUB_CACHE})") \
+        raise Unreachable(f"cannot reach the Hub and revision {rev} is not cached (cache: {constants.HF_HUB_CACHE})") \
             from None
     except GatedRepoError:
         raise UserError("gated repository: accept its terms on the Hub and set HF_TOKEN") from None
@@ -138,7 +139,7 @@ def download(remote: HubRemote, staging: Path, role: str, artifacts: Path, log: 
         dest = staging / rel
         if not (dest.is_file() and os.path.samefile(dest, blob)):
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.link-{os.getpid()}")
+            tmp = atomic.temp_name(dest)
             tmp.unlink(missing_ok=True)
             try:
                 os.link(blob, tmp)

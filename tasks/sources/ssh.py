@@ -26,7 +26,7 @@ from tasks.core import atomic, procs
 from tasks.core.config.remote import HEX64_RE, REQUIRED_FILES, SshRemote, check_file_name
 from tasks.core.errors import UserError
 from tasks.core.hashing import cache_for
-from tasks.sources.staging import PARTIAL_DIR, Download, prune, verify
+from tasks.sources.staging import PARTIAL_DIR, Download, Unreachable, prune, verify
 
 CONNECT_TIMEOUT = 10  # seconds; an unreachable host fails fast instead of hanging the build
 IO_TIMEOUT = 120  # rsync --timeout: no data for this long = a dead connection
@@ -108,14 +108,14 @@ def probe(remote: SshRemote, role: str) -> tuple[bool, dict[str, str] | None]:
             cmd, capture_output=True, text=True, timeout=CONNECT_TIMEOUT * 3, stdin=subprocess.DEVNULL
         )
     except FileNotFoundError:
-        raise UserError("ssh client not found (install openssh-client)") from None
+        raise Unreachable("ssh client not found (install openssh-client)") from None
     except subprocess.TimeoutExpired:
-        raise UserError(
+        raise Unreachable(
             f"host unreachable: no answer from {remote.host}:{remote.port} in {CONNECT_TIMEOUT * 3}s"
         ) from None
     out = proc.stdout.splitlines()
     if f"{PROBE_TAG} end" not in out and f"{PROBE_TAG} nopath" not in out:
-        raise UserError(explain_ssh_failure(remote, proc.stderr))
+        raise Unreachable(explain_ssh_failure(remote, proc.stderr))
     if f"{PROBE_TAG} nopath" in out:
         raise UserError(f"remote path not found: {remote.path}")
     missing = [ln.split(" ", 2)[2] for ln in out if ln.startswith(f"{PROBE_TAG} missing ")]

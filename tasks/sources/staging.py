@@ -22,6 +22,11 @@ from tasks.core.locks import exclusive
 PARTIAL_DIR = ".rsync-partial"
 
 
+class Unreachable(UserError):
+    """The source could not be contacted at all (no route, refused, timed out, login refused, the Hub
+    offline): nothing was transferred, so a verified snapshot from an earlier run can stand in."""
+
+
 @dataclass
 class Download:
     """What a source module brought into staging (all of it verified)."""
