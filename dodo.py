@@ -6,9 +6,11 @@ declared in the stages.py of the package that builds them (tasks/merge/stages.py
 ...). See tasks/build/graph.py for why freshness is content-keyed.
 """
 
+import signal
 import sys
 
 from tasks.build import deploy_tasks
+from tasks.build.doit_state import usable_dep_file
 from tasks.build.graph import group_tasks, lock_task
 from tasks.build.summary import SummaryReporter
 from tasks.core.config.load import load_config
@@ -20,12 +22,29 @@ except UserError as exc:
     print(f"modelmake: error: {exc}", file=sys.stderr)
     sys.exit(2)
 
+
+
+def _interrupted(exc_type, exc, tb):
+    """Ctrl-C ends doit with the summary's one line and table (tasks/build/summary.py), not a traceback."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        print("modelmake: interrupted", file=sys.stderr)
+        return
+    sys.__excepthook__(exc_type, exc, tb)
+
+
+def _terminate(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+sys.excepthook = _interrupted
+signal.signal(signal.SIGTERM, _terminate)  # `kill <doit>` stops its stage the way Ctrl-C does
+
 DOIT_CONFIG = {
     "default_tasks": ["lock"],
     "reporter": SummaryReporter,
     "backend": "sqlite3",
     # doit's own state is not used to decide freshness (see tasks/build/graph.py); keep it per config.
-    "dep_file": str(CONFIG.root / ".doit.db"),
+    "dep_file": usable_dep_file(CONFIG.root / ".doit.db"),
 }
 
 

@@ -13,10 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from doit.action import CmdAction
-
 from tasks.build.models_lock import lock_is_current, write_lock
 from tasks.build.registry import all_stages, dependencies, producers
+from tasks.build.stage_action import StageAction
 from tasks.core.config.schema import Config
 from tasks.core.layout import REPO
 from tasks.core.stage import Stage, is_fresh
@@ -47,7 +46,7 @@ def stage_task(config: Config, stage: Stage, deps: list[str]) -> dict[str, Any]:
     return {
         "name": stage.task.split(":", 1)[1],
         "doc": stage.doc,
-        "actions": [CmdAction(cmd, cwd=str(REPO), shell=False)],
+        "actions": [StageAction(cmd, cwd=str(REPO), shell=False)],
         # A kind that always runs (fetch: the remote may have changed) still decides by content what
         # to rewrite, so everything downstream stays fresh when the bytes are the same.
         "uptodate": [False] if stage.kind.always_runs else [(is_fresh, [stage], {})],

@@ -8,6 +8,7 @@ is one line on stderr with exit code 2 instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from tasks.build import memory_plan
 from tasks.build.registry import all_stages
+from tasks.core import diskspace
 from tasks.core.config.load import load_config
 from tasks.core.config.schema import Config
 from tasks.core.errors import UserError
@@ -40,7 +42,21 @@ def run(stage: Stage, config: Config, log: Callable[[str], None]) -> bool:
 
 
 def _interrupt(signum: int, _frame: object) -> None:
+    # Once: a second Ctrl-C (doit passes the first one on, the terminal sends it to the group too)
+    # must not break off the clean-up the first one started.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def os_error_line(exc: OSError, stage: Stage | None) -> str:
+    """A full disk or an unwritable path, said in one line naming the path."""
+    path = Path(exc.filename) if exc.filename else stage.outputs[0] if stage and stage.outputs else Path.cwd()
+    if diskspace.is_disk_full(exc):
+        return diskspace.message(path)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {path}: {exc.strerror}"
+    return f"{path}: {exc.strerror or exc}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=None)
     parser.add_argument("task")
     args = parser.parse_args(argv)
+    stage: Stage | None = None
     try:
         config = load_config(args.config)
         stages = {s.task: s for s in all_stages(config)}
@@ -72,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"modelmake: error: {args.task}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the disk or the filesystem, not our code: one line, no traceback
+        print(f"modelmake: error: {args.task}: {os_error_line(exc, stage)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"modelmake: {args.task}: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130

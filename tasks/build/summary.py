@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from doit.reporter import ConsoleReporter
 
+from tasks.build.stage_action import INTERRUPTED
 from tasks.core.manifest import outputs_of, read_manifest
 from tasks.core.stage import Stage
 
@@ -44,10 +46,16 @@ class SummaryReporter(ConsoleReporter):
     def add_failure(self, task, fail):
         self.failed.add(task.name)
         stage = (task.meta or {}).get("stage")
-        where = f" (log: {stage.log})" if isinstance(stage, Stage) else f": {fail.get_msg().strip().splitlines()[-1]}"
+        msg = fail.get_msg().strip()
+        killed = re.search(r"killed by (SIG[A-Z0-9]+)", msg)
+        why = f": killed by {killed.group(1)}" if killed else ""
+        where = f"{why} (log: {stage.log})" if isinstance(stage, Stage) else f": {msg.splitlines()[-1]}"
         self.write(f"modelmake: FAILED {task.name}{where}\n")
 
     def complete_run(self):
+        if INTERRUPTED:  # Ctrl-C (tasks/build/stage_action.py): one line, then the table as it stands
+            self.failed.update(INTERRUPTED)
+            self.write(f"modelmake: interrupted during {', '.join(INTERRUPTED)}; nothing half-written was kept\n")
         if self.runtime_errors:
             self.write("modelmake: " + " ".join(e.strip() for e in self.runtime_errors) + "\n")
         rows = []
@@ -91,7 +99,9 @@ class SummaryReporter(ConsoleReporter):
         self.write("\n" + "".join(line + "\n" for line in table))
         for reason in skipped:
             self.write(f"skipped: {reason}\n")
-        if self.failed:
+        if INTERRUPTED:
+            self.write(f"Interrupted: {built} artifact(s) built before the interruption.\n")
+        elif self.failed:
             self.write(f"{len(self.failed)} task(s) failed; see the lines above.\n")
         elif built:
             self.write(f"{built} artifact(s) built, {len(rows) - built} up to date.\n")

@@ -53,15 +53,27 @@ def fsync_tree(root: Path) -> None:
 
 
 @contextlib.contextmanager
+def _naming(final: Path) -> Iterator[None]:
+    """A write that fails without saying where (ENOSPC from write(), fsync) names the artifact."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(final)) from exc
+        raise
+
+
+@contextlib.contextmanager
 def atomic_file(final: Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `final`, on error it is removed."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(final)
     try:
-        yield tmp
-        fsync_path(tmp)
-        os.replace(tmp, final)
-        fsync_path(final.parent)
+        with _naming(final):
+            yield tmp
+            fsync_path(tmp)
+            os.replace(tmp, final)
+            fsync_path(final.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -81,18 +93,23 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces `final` as a whole on success."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(final)
-    tmp.mkdir()
+    with _naming(final):
+        tmp.mkdir()
     try:
-        yield tmp
-        fsync_tree(tmp)
+        with _naming(final):
+            yield tmp
+            fsync_tree(tmp)
         old = None
-        if final.exists():
+        if final.exists() or final.is_symlink():
             old = temp_name(final)
             os.replace(final, old)
         os.replace(tmp, final)
         fsync_path(final.parent)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_symlink():  # a directory output someone replaced by a link: drop the link only
+                old.unlink()
+            else:
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

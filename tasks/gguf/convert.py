@@ -7,11 +7,12 @@ model's name so the GGUF is byte-identical wherever it is built.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
-from tasks.core import atomic, procs, toolchain
+from tasks.core import atomic, diskspace, procs, toolchain
 from tasks.core.config.schema import Config
 from tasks.core.errors import UserError
 from tasks.core.stage import Stage
@@ -27,8 +28,28 @@ def convert(merged: Path, out: Path, outtype: str, model_name: str, log: Path) -
         proc = procs.run(cmd, env=toolchain.converter_env(), stdout=log_fh, stderr=subprocess.STDOUT,
                          cwd=out.parent)
     if proc.returncode != 0:
+        sig = procs.signal_name(proc.returncode) if proc.returncode < 0 else None
+        if sig:
+            raise UserError(f"{merged}: llama.cpp converter killed by {sig} (log: {log})")
+        diskspace.check_after_failure(out.parent, _log_tail(log), _expected_size(merged), f"log: {log}")
         tail = _last_error_line(log)
         raise UserError(f"{merged}: llama.cpp converter failed (exit {proc.returncode}): {tail} (log: {log})")
+
+
+def _log_tail(log: Path, size: int = 1 << 16) -> str:
+    with open(log, "rb") as f:
+        f.seek(max(0, log.stat().st_size - size))
+        return f.read().decode("utf-8", errors="replace")
+
+
+def _expected_size(merged: Path) -> int:
+    """About what the F16/BF16 GGUF takes: the merged weights at 2 bytes per value."""
+    weights = sum(p.stat().st_size for p in merged.glob("*.safetensors"))
+    try:
+        dtype = json.loads((merged / "config.json").read_text(encoding="utf-8")).get("torch_dtype")
+    except (OSError, ValueError):
+        dtype = None
+    return weights // 2 if dtype == "float32" else weights
 
 
 def _last_error_line(log: Path) -> str:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.core import atomic, procs, toolchain
+from tasks.core import atomic, diskspace, procs, toolchain
 from tasks.core.config.schema import Config
 from tasks.core.errors import UserError
 from tasks.core.layout import REPO
@@ -40,6 +40,15 @@ def quantize(src: Path, dst: Path, qtype: str, threads: int, log: Path) -> None:
     with open(log, "ab") as log_fh:
         rc = procs.run(cmd, stdout=log_fh, stderr=subprocess.STDOUT, cwd=REPO).returncode
     if rc != 0:
+        sig = procs.signal_name(rc) if rc < 0 else None
+        if sig:
+            raise UserError(f"{src}: llama.cpp's quantization to {qtype} killed by {sig} (log: {log})")
+        written = dst.stat().st_size if dst.exists() else 0
+        with open(log, "rb") as f:
+            f.seek(max(0, log.stat().st_size - (1 << 16)))
+            tail = f.read().decode("utf-8", errors="replace")
+        diskspace.check_after_failure(dst.parent, tail, None,
+                                      f"llama.cpp stopped after writing {diskspace.human(written)} (log: {log})")
         raise UserError(f"{src}: llama.cpp failed to quantize to {qtype} (exit {rc}; log: {log})")
 
 
