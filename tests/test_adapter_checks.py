@@ -61,14 +61,15 @@ def test_text_file_named_safetensors_is_refused(adapter: Path) -> None:
 
 
 def test_build_with_bad_adapter_fails_in_one_line_and_keeps_nothing(tmp_path: Path, fixtures_ws: Workspace) -> None:
+    """A pickle adapter named in models.toml is a configuration error: exit 2 before anything runs."""
     ws = new_workspace(tmp_path / "ws", fixtures_ws, TWO_MODELS)
     weights = ws.root / "adapters" / "beta" / "adapter_model.safetensors"
     weights.rename(weights.with_suffix(".bin"))
     run = ws.doit("quantize:beta", check=False)
-    assert run.returncode != 0
+    assert run.returncode == 2
     errors = [ln for ln in run.stderr.splitlines() if ln.startswith("modelmake: error:")]
     assert len(errors) == 1 and "pickle adapters are refused" in errors[0]
+    assert f"{ws.config}: models.beta.adapter: " in errors[0]
     assert "Traceback" not in run.stderr + run.stdout
-    assert "modelmake: FAILED adapter:beta" in run.stdout
     assert not (ws.artifacts / "beta" / "merged").exists()
     assert not (ws.artifacts / "beta" / "manifests" / "adapter.json").exists()

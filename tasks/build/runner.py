@@ -30,7 +30,8 @@ def run(stage: Stage, config: Config, log: Callable[[str], None]) -> bool:
     if kind.runner is not None:  # the kind runs its own protocol (fetch: download, then run_stage)
         return resolve(kind.runner)(stage, config, log)
     build = resolve(kind.builder)
-    precheck = resolve(kind.precheck) if kind.precheck else None
+    check = resolve(kind.precheck) if kind.precheck else None
+    precheck = (lambda s: check(s, config)) if check else None
 
     def announced(s: Stage) -> None:  # once it is known to build: say so if it is not expected to fit
         note = memory_plan.warning(config, s)

@@ -34,7 +34,12 @@ def rel(*parts: str) -> Rel:
 
 class SafeRoot:
     def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # `root` or one of its parents is a file
+            raise UserError(f"{root}: not a directory (expected a directory to install into)") from None
+        except OSError as exc:
+            raise UserError(f"{root}: cannot create it: {exc.strerror}") from None
         self.root = root.resolve()
 
     def show(self, r: Rel) -> str:

@@ -46,7 +46,7 @@ class StageKind:
     group: str  # the doit task basename its stages appear under ("fixture" holds two kinds)
     version: int  # bump when the builder writes different bytes for the same inputs
     builder: str  # "module:function", called as build(stage, config) inside run_stage
-    precheck: str | None = None  # "module:function" run before the generic "input missing" check
+    precheck: str | None = None  # "module:function", precheck(stage, config), run before "input missing"
     runner: str | None = None  # "module:function" replacing run_stage: run(stage, config, log) -> built
     always_runs: bool = False  # doit runs it on every build (fetch: the remote may have changed)
     in_lock: bool = True  # recorded in models.lock (reports hold timings, so they are not)
@@ -103,7 +103,9 @@ class Stage:
         return sha256_bytes(json.dumps(doc, sort_keys=True).encode())
 
     def rel(self, path: Path) -> str:
-        return path.resolve().relative_to(self.artifacts).as_posix()
+        """`path` relative to the artifacts root. Only the directory is resolved: an output that was
+        replaced by a link to a file elsewhere is still named by where it is, not where it points."""
+        return (path.parent.resolve() / path.name).relative_to(self.artifacts).as_posix()
 
 
 def skipped_marker(out: Path) -> Path:
@@ -130,11 +132,15 @@ def stale_reason(stage: Stage) -> str | None:
     recorded = outputs_of(manifest)
     for out in stage.outputs:
         rel = stage.rel(out)
+        if out.is_symlink():  # never built that way; rebuilding replaces the link, not what it points to
+            return f"output replaced by a symbolic link: {rel}"
         listed = rel in recorded or rel + ".skipped" in recorded
         if not listed and not any(r.startswith(rel + "/") for r in recorded):
             return f"output not recorded: {rel}"
     for rel, rec in recorded.items():
         path = stage.artifacts / rel
+        if path.is_symlink():
+            return f"output replaced by a symbolic link: {rel}"
         if not path.is_file():
             return f"output missing: {rel}"
         if path.stat().st_size != rec["size"] or cache.sha256(path) != rec["sha256"]:

@@ -39,6 +39,22 @@ def llama_dir() -> Path:
     return toolchain_root() / f"llama.cpp-{VERSION}"
 
 
+def text_architectures() -> dict[str, str]:
+    """Architecture name (config.json "architectures"[0]) -> converter module ("family"), as the pinned
+    converter registers them (its conversion/__init__.py TEXT_MODEL_MAP): read as source, so asking
+    costs no torch import and the answer is exactly what that converter accepts."""
+    import ast
+
+    source = require() / "conversion" / "__init__.py"
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    for node in tree.body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (
+            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        if isinstance(target, ast.Name) and target.id == "TEXT_MODEL_MAP" and node.value is not None:
+            return dict(ast.literal_eval(node.value))
+    raise UserError(f"{source}: no TEXT_MODEL_MAP: the toolchain is not the pinned llama.cpp; run `make setup`")
+
+
 def identity() -> str:
     """Identity of the pinned toolchain, for stage keys. Cheap: no import of llama_cpp."""
     return f"{PACKAGE}=={VERSION} sdist-sha256:{SDIST_SHA256}"

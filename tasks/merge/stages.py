@@ -8,7 +8,8 @@ from tasks.formats.peft_adapter import adapter_files
 
 ADAPTER = StageKind("adapter", group="adapter", version=1, builder="tasks.merge.adapter_check:build",
                     precheck="tasks.merge.adapter_check:precheck")
-MERGE = StageKind("merge", group="merge", version=1, builder="tasks.merge.engines:build")
+MERGE = StageKind("merge", group="merge", version=1, builder="tasks.merge.engines:build",
+                  precheck="tasks.merge.supported:precheck")
 
 
 def adapter_stage(config: Config, m: ModelSpec) -> list[Stage]:

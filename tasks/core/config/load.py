@@ -42,7 +42,9 @@ def load_config(path: Path | None = None, *, check_paths: bool = True) -> Config
     """Parse and validate models.toml; raise UserError on the first problem found."""
     path = (path or default_config_path()).resolve()
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a BOM (Windows editors write one) is not part of the TOML; it used to read as
+        # "Invalid statement (at line 1, column 1)".
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -165,6 +167,12 @@ def _source(
     path = (config.root / spec).resolve()
     if check_paths and not path.is_dir():
         raise UserError(f"{where}: {key}: directory not found: {path}")
+    pickled = path / "adapter_model.bin"
+    if check_paths and role == "adapter" and pickled.is_file() and not (path / "adapter_model.safetensors").is_file():
+        # At configuration time, as for every other mistake in models.toml (tasks/merge/lora_adapter.py
+        # refuses the same file at build time for adapters that arrive later: fetched, fixtures).
+        raise UserError(f"{where}: {key}: {pickled}: pickle adapters are refused (loading one can run code); "
+                        "re-save it as safetensors (peft: save_pretrained(..., safe_serialization=True))")
     return Source(spec=spec, path=path)
 
 
