@@ -31,11 +31,11 @@ def test_two_directories_and_thread_counts_give_identical_artifacts(fixtures_ws:
 
 
 def test_config_text_is_part_of_no_artifact(fixtures_ws: Workspace) -> None:
-    """Sanity for the test above: the model name, not the workspace path, names the GGUF."""
+    """Sanity for the test above: the base model's name, not the workspace path, names the GGUF."""
     from gguf import GGUFReader
 
     reader = GGUFReader(str(fixtures_ws.artifacts / "demo" / "demo-f16.gguf"))
-    assert reader.fields["general.name"].contents() == "demo"
+    assert reader.fields["general.name"].contents() == "demo-base"
     blob = (fixtures_ws.artifacts / "demo" / "demo-q8_0.gguf").read_bytes()
     assert str(fixtures_ws.root).encode() not in blob
     assert demo_config("") not in blob.decode("latin-1")

@@ -2,7 +2,8 @@
 
 The converter is run from the pinned toolchain with the gguf-py shipped beside it. Its default
 model name comes from the directory name (and so from where the build runs); we pin it to the
-model's name so the GGUF is byte-identical wherever it is built.
+base model's name (tasks/gguf/stages.py base_name says why not the user's model name), so the GGUF
+is byte-identical wherever it is built.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from tasks.core.errors import UserError
 from tasks.core.stage import Stage
 
 
-def convert(merged: Path, out: Path, outtype: str, model_name: str, log: Path) -> None:
+def convert(merged: Path, out: Path, outtype: str, general_name: str, log: Path) -> None:
     cmd = [
         sys.executable, str(toolchain.converter()), str(merged),
-        "--outfile", str(out), "--outtype", outtype, "--model-name", model_name,
+        "--outfile", str(out), "--outtype", outtype, "--model-name", general_name,
     ]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as log_fh:
@@ -63,4 +64,4 @@ def _last_error_line(log: Path) -> str:
 def build(stage: Stage, config: Config) -> None:
     (final,) = stage.outputs
     with atomic.atomic_file(final) as tmp:
-        convert(stage.inputs["merged"], tmp, stage.params["outtype"], stage.params["model_name"], stage.log)
+        convert(stage.inputs["merged"], tmp, stage.params["outtype"], stage.params["base_name"], stage.log)
