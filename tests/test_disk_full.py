@@ -34,3 +34,11 @@ def test_a_childs_iostream_error_on_a_full_disk_is_named_disk_full(tmp_path: Pat
         assert "about 3.0 MiB needed" in str(info.value)
         assert info.value.exit_code == 1
     diskspace.check_after_failure(tmp_path, "iostream error")  # plenty free: not taken for a full disk
+
+
+def test_the_converters_own_free_space_check_is_named_disk_full_with_the_size_needed(tmp_path: Path) -> None:
+    """gguf-py refuses before writing: `OSError: Not enough free space to write N bytes after offset M`."""
+    with pytest.raises(diskspace.DiskFull) as info:
+        diskspace.check_after_failure(tmp_path, "OSError: Not enough free space to write 77791232 bytes after "
+                                      "offset 5932448\n")
+    assert "about 74.2 MiB needed" in str(info.value) and str(info.value).startswith(f"disk full: {tmp_path}: ")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 
 from tasks.core.errors import UserError
@@ -56,6 +57,10 @@ def check_after_failure(path: Path, log_text: str, needed: int | None = None, de
     """Raise DiskFull when a child's failure writing `path` was the disk filling up (its log says so,
     or it said only "iostream error" and the disk is now nearly full)."""
     said = "No space left on device" in log_text or "[Errno 28]" in log_text
+    # gguf-py (the converter's writer) checks first: "Not enough free space to write N bytes after offset M"
+    short = re.search(r"Not enough free space to write (\d+) bytes", log_text)
+    if short:
+        said, needed = True, int(short.group(1))
     io_error = "iostream error" in log_text or "failed to write" in log_text.lower()
     free = free_bytes(path)
     if said or (io_error and free < NEARLY_FULL) or free < (1 << 20):

@@ -14,6 +14,9 @@ import errno
 import warnings
 from pathlib import Path
 
+from tasks.core.atomic import temp_owner
+from tasks.core.diskspace import DiskFull
+from tasks.core.diskspace import message as disk_full
 from tasks.core.errors import UserError
 from tasks.formats.safetensors import INDEX_NAME
 from tasks.merge.pipeline import write_shards
@@ -65,9 +68,10 @@ def merge_streaming(base_dir: Path, adapter_dir: Path, out_dir: Path, *,
         fsync_dir(out_dir)
     except OSError as e:
         _remove(written)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"{out_dir}: disk full while writing the merged model ({e.strerror}); "
-                            "partial output removed, free space and retry") from e
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # the stage's hidden temporary: name where it goes
+            where = out_dir.parent if temp_owner(out_dir) is not None else out_dir
+            raise DiskFull(disk_full(where, detail="while writing the merged model; partial output "
+                                     "removed, free space and retry")) from e
         raise UserError(f"{out_dir}: cannot write the merged model: {e.strerror or e}; partial output removed") from e
     except BaseException:
         _remove(written)
