@@ -114,3 +114,15 @@ def test_sha256_pinned_source_whose_snapshot_matches_needs_no_contact(
     assert proc.returncode == 0 and logins(sshd) > seen
     fetched = snapshot / "adapter_model.safetensors"
     assert sha256_file(fetched) == sha256_file(training_run / "adapter_model.safetensors")
+
+
+def test_a_snapshot_of_another_source_does_not_stand_in(tmp_path: Path, sshd: SshServer, training_run: Path) -> None:
+    """models.toml now names another run on the box: the old snapshot is not that run, even if the box is gone."""
+    config = fetch_only_config(tmp_path / "ws", sshd.source(training_run))
+    assert fetch(config).returncode == 0
+    config.write_text(config.read_text().replace(str(training_run), str(training_run.with_name("run-2"))))
+    sshd.stop()
+    proc = fetch(config)
+    assert proc.returncode == 2
+    (line,) = errors_and_warnings(proc.stderr)
+    assert "run-2" in line and line.endswith("no verified snapshot to build from")

@@ -91,10 +91,14 @@ def _write_record(stage: Stage, src: Source, role: str, result: Download, change
 
 
 def verified_snapshot(stage: Stage) -> dict[str, str] | None:
-    """The snapshot's files (relative to it) -> sha256 when every one still has the digest its manifest
-    records, else None (never fetched, damaged, or changed by hand)."""
+    """The snapshot's files (relative to it) -> sha256 when it was fetched from the source models.toml names
+    now and every file still has the digest its manifest records, else None (never fetched, fetched from
+    another source, damaged, or changed by hand)."""
     (snapshot,) = stage.outputs
-    recorded = outputs_of(read_manifest(stage.manifest))
+    manifest = read_manifest(stage.manifest)
+    if manifest is None or manifest.get("params") != stage.params:
+        return None  # not fetched from this source (models.toml now names another host, repo or revision)
+    recorded = outputs_of(manifest)
     prefix = stage.rel(snapshot) + "/"
     files = {rel[len(prefix):]: rec["sha256"] for rel, rec in recorded.items() if rel.startswith(prefix)}
     if not files:
