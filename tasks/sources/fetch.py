@@ -19,7 +19,8 @@ deciding freshness by content. The remote is not needed when the snapshot on dis
 
 - the source is pinned by SHA256 in models.toml and the snapshot holds exactly those files: no
   contact at all, nothing could have changed;
-- the build is offline (`MODELMAKE_OFFLINE=1`, or `HF_HUB_OFFLINE=1` for a Hub source): used as is;
+- the build is offline (`MODELMAKE_OFFLINE=1`): used as is (with `HF_HUB_OFFLINE=1` a Hub source reads
+  only the local Hugging Face cache, which contacts nothing; when the cache lacks it, the next case);
 - the remote cannot be reached (the rented box that trained the adapter is gone, CI has no SSH
   key): one warning line and the snapshot is used as is.
 
@@ -119,12 +120,12 @@ def _since(stage: Stage) -> str:
     return "verified earlier"
 
 
-def offline_reason(kind: str) -> str | None:
-    """Why remotes must not be contacted in this build, or None."""
+def offline_reason() -> str | None:
+    """Why remotes must not be contacted in this build, or None. (The Hub's own HF_HUB_OFFLINE needs
+    nothing here: tasks.sources.hub then reads only the local Hugging Face cache, which contacts nothing,
+    and when that cache lacks the revision a verified snapshot stands in, as for an unreachable remote.)"""
     if os.environ.get("MODELMAKE_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return "MODELMAKE_OFFLINE=1"
-    if kind == "hub" and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return "HF_HUB_OFFLINE=1"
     return None
 
 
@@ -142,11 +143,11 @@ def run_fetch(stage: Stage, config: Config, log: Callable[[str], None] = print) 
         if have is not None and src.remote.sha256 and dict(src.remote.sha256) == have:
             log(f"{stage.task}: pinned by SHA256 in models.toml and the snapshot matches: remote not contacted")
             return False
-        offline = offline_reason(src.remote.kind)
+        offline = offline_reason()
         if offline and have is not None:
             log(f"{stage.task}: {offline}: using the snapshot ({_since(stage)}) as is")
             return False
-        if offline and src.remote.kind != "hub":  # the Hub's offline mode may still find its own cache
+        if offline:
             raise UserError(f"{where}: {offline} and no verified snapshot yet: run once with the remote reachable")
         staging.mkdir(parents=True, exist_ok=True)
         try:
