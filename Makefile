@@ -11,7 +11,7 @@ STAMP := $(VENV)/.modelmake-installed
 TOOLCHAIN_VERSION := $(shell sed -n 's/^VERSION = "\(.*\)"/\1/p' tasks/core/toolchain.py)
 TOOLCHAIN := .toolchain/llama.cpp-$(TOOLCHAIN_VERSION)/.complete
 
-.PHONY: all setup test bench lint lock clean distclean report ollama-template
+.PHONY: all setup test crashtest bench lint lock clean distclean report ollama-template
 
 all: setup
 	$(VENV)/bin/doit
@@ -29,6 +29,10 @@ $(TOOLCHAIN): $(STAMP) tasks/core/toolchain.py
 
 test: setup
 	$(PY) -m pytest
+
+# Every crash point of every stage kind killed and recovered (figures in artifacts/crashtest.json).
+crashtest: setup
+	$(PY) -m pytest -m crashtest tests/test_crash_points.py -s
 
 bench: setup
 	$(PY) -m benchmarks

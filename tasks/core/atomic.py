@@ -10,9 +10,30 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+# Crash-point hook (tests/test_crash_points.py): MODELMAKE_CRASH_TRACE=<file> appends one line per
+# write, fsync and rename made through this module; MODELMAKE_CRASH_AT=<n> SIGKILLs the process at the
+# n-th. Unset (always, outside that test), each point costs one dictionary lookup.
+_points = 0
+
+
+def crash_point(what: str, path: Path) -> None:
+    """One point where a kill must leave nothing that counts as built (see the comment above)."""
+    global _points
+    trace, at = os.environ.get("MODELMAKE_CRASH_TRACE"), os.environ.get("MODELMAKE_CRASH_AT")
+    if trace is None and at is None:
+        return
+    _points += 1
+    if trace:
+        with open(trace, "a", encoding="utf-8") as fh:
+            fh.write(f"{_points} {what} {path.name}\n")
+    if at and _points == int(at):
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 TEMP_MARK = ".tmp-"  # every temporary this project writes is `.<name>.tmp-<owner pid>-<random>`
 
@@ -38,6 +59,7 @@ def temp_owner(path: Path) -> int | None:
 
 
 def fsync_path(path: Path) -> None:
+    crash_point("fsync", path)
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -71,7 +93,9 @@ def atomic_file(final: Path) -> Iterator[Path]:
     try:
         with _naming(final):
             yield tmp
+            crash_point("written", tmp)
             fsync_path(tmp)
+            crash_point("rename", final)
             os.replace(tmp, final)
             fsync_path(final.parent)
     finally:
@@ -98,11 +122,14 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     try:
         with _naming(final):
             yield tmp
+            crash_point("written", tmp)
             fsync_tree(tmp)
         old = None
         if final.exists() or final.is_symlink():
             old = temp_name(final)
+            crash_point("rename-old", final)
             os.replace(final, old)
+        crash_point("rename", final)
         os.replace(tmp, final)
         fsync_path(final.parent)
         if old is not None:
