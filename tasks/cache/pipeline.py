@@ -81,12 +81,14 @@ class Caches:
         return False
 
     def push_built(self, stage: Stage) -> None:
-        """After a build (or a restore from a remote): into the run-cache, and built stages to push caches."""
+        """After a build: into the run-cache and every push cache (see the loop for restored stages)."""
         if not cacheable(stage) or not stage.manifest.is_file():
             return
         for backend, _push in self._backends(pushing=True):
-            if self.restored_from is not None and (backend.url != "run-cache" or self.restored_from == "run-cache"):
-                continue  # what a cache gave us is not sent back to caches
+            # The run-cache holds what this machine built: from there it may go to the push caches;
+            # what a remote cache gave goes only into the run-cache, never back out.
+            if self.restored_from is not None and (backend.url == "run-cache") == (self.restored_from == "run-cache"):
+                continue
             try:
                 if backend.url == "run-cache":
                     root = ArtifactLayout(stage.artifacts).run_cache()
