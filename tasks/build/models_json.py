@@ -6,6 +6,7 @@
 task depends on), so a matrix job per model runs `doit <tasks>` against a shared cache and a final
 job, finding every stage in the cache, only restores and writes models.lock. `--tasks <model>`
 prints one model's tasks on one line, for a shell. Exit 2 with one line on a configuration error.
+Standard library only (no doit): a CI job lists the models with a bare Python 3.11.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from tasks.build.graph import graph
+from tasks.build.registry import all_stages, dependencies
 from tasks.core.config.load import load_config
 from tasks.core.config.schema import Config
 from tasks.core.errors import UserError
@@ -23,9 +24,10 @@ from tasks.core.errors import UserError
 
 def model_tasks(config: Config) -> dict[str, list[str]]:
     """model -> the plan and the last locked stages of that model (what `lock` needs from it)."""
-    g = graph(config)
-    locked = [s for s in g.stages if s.kind.in_lock]
-    read = {d for s in locked for d in g.deps[s.task]}
+    stages = all_stages(config)
+    deps = dependencies(stages)
+    locked = [s for s in stages if s.kind.in_lock]
+    read = {d for s in locked for d in deps[s.task]}
     out: dict[str, list[str]] = {}
     for name in config.models:
         last = [s.task for s in locked if s.model == name and s.task not in read]
