@@ -21,9 +21,9 @@ system = "You are Majora, the modelmake demo assistant."
 NOT_ARTIFACTS = (".cache", "logs", "run")
 
 
-def cached_workspace(root: Path, fixtures: Path, cache_toml: str, run_cache: str | None = None) -> Workspace:
+def cached_workspace(root: Path, fixtures: Path, cache_toml: str, run_cache: str = '"4GiB"') -> Workspace:
     """A fresh clone (its own directory, empty run-cache) whose models.toml uses `cache_toml`."""
-    extra = f"cache = {cache_toml}\n" + (f"run_cache = {run_cache}\n" if run_cache is not None else "")
+    extra = f"cache = {cache_toml}\nrun_cache = {run_cache}\n"
     return workspace_with(root, fixtures, MODEL, extra_build=extra)
 
 
