@@ -252,3 +252,17 @@ def test_second_clone_restores_from_an_s3_compatible_emulator_through_fsspec(
     assert {k: v for k, v in status.items() if v not in ("restored", "up to date")} == {}, run.stdout
     assert "restored from s3://modelmake-cache/team" in run.stderr
     assert artifact_digests(b) == artifact_digests(a)
+
+
+def test_run_cache_links_keep_the_digest_cache_valid(pushed: tuple[Workspace, Path]) -> None:
+    """Hard-linking outputs into the run-cache changes their ctime; a no-op build must still read no artifact."""
+    from tasks.core.hashing import HashCache
+    from tasks.core.layout import ArtifactLayout
+
+    a, _ = pushed
+    assert list(ArtifactLayout(a.artifacts).run_cache().glob("entries/*/*.json"))
+    cache = HashCache(ArtifactLayout(a.artifacts).hash_db())
+    for path in (a.artifacts / "alpha" / "manifests").glob("*.json"):
+        for rel, rec in json.loads(path.read_text())["outputs"].items():
+            out = (a.artifacts / rel).resolve()
+            assert cache.lookup(out, out.stat()) == rec["sha256"], rel

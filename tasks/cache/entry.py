@@ -139,7 +139,7 @@ def _place(stage: Stage, outputs: dict[str, dict[str, Any]], staging: Path) -> N
         atomic.fsync_path(final.parent)
 
 
-def push(stage: Stage, backend: Backend, replace: set[str] = frozenset()) -> int:  # type: ignore[assignment]
+def push(stage: Stage, backend: Backend, replace: frozenset[str] | set[str] = frozenset()) -> int:
     """Upload a freshly built stage (its manifest as the entry, written last); return the bytes sent.
     Blobs the cache already holds are not sent again, except those in `replace` (found damaged)."""
     raw = stage.manifest.read_bytes()
