@@ -93,10 +93,9 @@ def restore(stage: Stage, backend: Backend, raw: bytes, key: str) -> int:
         _place(stage, outputs, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    cache = cache_for(stage.artifacts)
-    for rel, rec in outputs.items():  # the digests were just verified: no need to read the bytes again
-        path = stage.artifacts / rel
-        cache.store(path.resolve(), path.stat(), rec["sha256"])
+    paths = {rel: (stage.artifacts / rel).resolve() for rel in outputs}
+    # The digests were just verified: record them, so nothing reads the bytes again.
+    cache_for(stage.artifacts).store_many((p, p.stat(), outputs[rel]["sha256"]) for rel, p in paths.items())
     return sum(rec["size"] for rec in outputs.values())
 
 

@@ -108,9 +108,10 @@ class Caches:
 def _refresh_digests(stage: Stage) -> None:
     """A hard link changes the linked file's ctime, which the digest cache keys on: record the digests
     (the manifest's, of bytes that did not change) under the new stat, so a no-op build reads nothing."""
-    cache = cache_for(stage.artifacts)
+    rows = []
     for rel, rec in json.loads(stage.manifest.read_bytes())["outputs"].items():
         path = (stage.artifacts / rel).resolve()
         st = path.stat()
         if st.st_size == rec["size"]:
-            cache.store(path, st, rec["sha256"])
+            rows.append((path, st, rec["sha256"]))
+    cache_for(stage.artifacts).store_many(rows)
