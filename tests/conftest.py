@@ -105,11 +105,15 @@ class Workspace:
 
 
 def demo_config(models: str = "", extra_build: str = "") -> str:
+    # These workspaces test building: the local run-cache (on by default) would restore a stage whose
+    # manifest a test removed instead of building it. The cache tests turn it on in `extra_build`.
+    run_cache = "" if "run_cache" in extra_build else "run_cache = 0"
     return f"""
 [build]
 artifacts = "artifacts"
 templates = "templates"
 threads = 2
+{run_cache}
 {extra_build}
 {models}
 """

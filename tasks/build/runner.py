@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tasks.build import memory_plan
 from tasks.build.registry import all_stages
+from tasks.cache.pipeline import Caches
 from tasks.core import diskspace
 from tasks.core.config.load import load_config
 from tasks.core.config.schema import Config
@@ -25,21 +26,27 @@ from tasks.core.stage import Stage, resolve, run_stage
 
 
 def run(stage: Stage, config: Config, log: Callable[[str], None]) -> bool:
-    """Build one stage with its kind's builder (imported only now: each pulls in its own libraries)."""
+    """Build one stage with its kind's builder (imported only now: each pulls in its own libraries),
+    unless a cache (tasks/cache) holds its key: then its outputs are restored, verified, instead."""
     kind = stage.kind
     if kind.runner is not None:  # the kind runs its own protocol (fetch: download, then run_stage)
         return resolve(kind.runner)(stage, config, log)
-    build = resolve(kind.builder)
     check = resolve(kind.precheck) if kind.precheck else None
     precheck = (lambda s: check(s, config)) if check else None
+    caches = Caches(config, log)
 
     def announced(s: Stage) -> None:  # once it is known to build: say so if it is not expected to fit
+        if caches.try_restore(s):
+            return  # run_stage records the restored outputs exactly as if they had been built here
         note = memory_plan.warning(config, s)
         if note:
             log(f"warning: {note}")
-        build(s, config)
+        resolve(kind.builder)(s, config)
 
-    return run_stage(stage, announced, log, precheck)
+    built = run_stage(stage, announced, log, precheck)
+    if built:
+        caches.push_built(stage)
+    return built
 
 
 def _interrupt(signum: int, _frame: object) -> None:

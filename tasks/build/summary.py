@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -67,7 +68,10 @@ class SummaryReporter(ConsoleReporter):
             status = "FAILED" if name in self.failed else "built" if name in self.executed else "up to date"
             if status == "built" and stage.kind.always_runs and not _written_since(stage, self.started):
                 status = "up to date"  # such tasks (fetch) always run; they count as built only when bytes changed
-            outputs = outputs_of(read_manifest(stage.manifest))
+            manifest = read_manifest(stage.manifest)
+            if status == "built" and _restored(stage, manifest, self.started):
+                status = "restored"  # from a cache (tasks/cache): verified, not rebuilt
+            outputs = outputs_of(manifest)
             for out in stage.outputs:
                 rel = stage.rel(out)
                 recs = {
@@ -83,6 +87,7 @@ class SummaryReporter(ConsoleReporter):
                 rows.append((stage.model or "-", rel + ("/" if out.suffix == "" and len(recs) > 1 else ""),
                              human_size(size) if recs else "-", digest, status))
         built = sum(1 for r in rows if r[4] == "built")
+        restored = sum(1 for r in rows if r[4] == "restored")
         table: list[str] = []
         if rows:
             headers = ("model", "artifact", "size", "sha256", "status")
@@ -103,8 +108,9 @@ class SummaryReporter(ConsoleReporter):
             self.write(f"Interrupted: {built} artifact(s) built before the interruption.\n")
         elif self.failed:
             self.write(f"{len(self.failed)} task(s) failed; see the lines above.\n")
-        elif built:
-            self.write(f"{built} artifact(s) built, {len(rows) - built} up to date.\n")
+        elif built or restored:
+            got = f"{restored} restored from a cache, " if restored else ""
+            self.write(f"{built} artifact(s) built, {got}{len(rows) - built - restored} up to date.\n")
         else:
             self.write(f"Nothing to rebuild: all {len(rows)} artifacts up to date.\n")
 
@@ -116,6 +122,19 @@ def _reason(stage: Stage, out) -> str:
         return skipped_marker(out).read_text(encoding="utf-8").strip()
     except OSError:
         return f"{stage.rel(out)} was not produced"
+
+
+def _restored(stage: Stage, manifest: dict | None, since: float) -> bool:
+    """True when this run restored `stage` from a cache (the runner leaves a marker naming the key)."""
+    from tasks.core.layout import ArtifactLayout
+
+    marker = ArtifactLayout(stage.artifacts).restored_marker(stage.task)
+    try:
+        if marker.stat().st_mtime < since:
+            return False
+        return json.loads(marker.read_text(encoding="utf-8")).get("key") == (manifest or {}).get("key")
+    except (OSError, ValueError):
+        return False
 
 
 def _written_since(stage: Stage, since: float) -> bool:

@@ -11,6 +11,8 @@ themselves, so the on-disk layout can be read (and changed) in one place:
       report/<model>.{json,md,png}  report/compare.{json,md}  report/manifests/
       logs/<model>/<stage>.log      run/<model>/ (server pid, health report: runtime state, never built)
       .cache/hashes.sqlite3         derived state: safe to delete
+      .cache/runs/                  local run-cache: earlier outputs by stage key (tasks/cache, LRU-bounded)
+      .cache/restored/<task>.json   which stages the last build restored from a cache (for the summary)
 """
 
 from __future__ import annotations
@@ -85,6 +87,16 @@ class ArtifactLayout:
 
     def hash_db(self) -> Path:
         return self.cache_dir() / "hashes.sqlite3"
+
+    def run_cache(self) -> Path:
+        return self.cache_dir() / "runs"
+
+    def restored_marker(self, task: str) -> Path:
+        return self.cache_dir() / "restored" / (task.replace(":", "--") + ".json")
+
+    def incoming(self) -> Path:
+        """Downloads from a cache land here (same filesystem as the artifacts) until verified."""
+        return self.cache_dir() / "incoming"
 
     def rel(self, path: Path) -> str:
         """`path` relative to the root, as manifests record it (raises ValueError outside the root)."""

@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from tasks.core.config.cache import DEFAULT_RUN_CACHE, parse_caches, parse_size
 from tasks.core.config.deploy import check_references, parse_deploy, parse_hardware
 from tasks.core.config.fixtures import FIXTURES
 from tasks.core.config.gates import parse_gates
@@ -27,7 +28,7 @@ from tasks.core.quant_types import NEEDS_IMATRIX, OUTTYPES, QUANT_FTYPES, builda
 FIXTURE_PREFIX = "fixture:"
 MERGE_ENGINES = ("peft", "stream")
 
-BUILD_KEYS = {"artifacts", "templates", "threads", "webhook"}
+BUILD_KEYS = {"artifacts", "templates", "threads", "webhook", "cache", "run_cache"}
 MODEL_KEYS = {"base", "adapter", "outtype", "quants", "merge", "system", "deploy", "gates"}
 TOP_KEYS = {"build", "defaults", "models", "hardware"}
 
@@ -76,7 +77,15 @@ def load_config(path: Path | None = None, *, check_paths: bool = True) -> Config
     models_raw = table(raw.get("models", {}), where, "models")
     if not models_raw:
         raise UserError(f"{where}: models: no model defined (add a [models.<name>] table)")
-    config = Config(path=path, root=root, artifacts=artifacts, templates=templates, threads=threads, webhook=webhook)
+    caches = parse_caches(build.get("cache"), where, root, check_paths)
+    env_cache = os.environ.get("MODELMAKE_CACHE")
+    if env_cache:  # CI: one more cache, tried first; MODELMAKE_CACHE_PUSH=1 pushes to it
+        push = os.environ.get("MODELMAKE_CACHE_PUSH", "") in ("1", "true", "yes")
+        (extra,) = parse_caches([{"url": env_cache, "push": push}], "MODELMAKE_CACHE", Path.cwd(), check_paths)
+        caches = (extra, *(c for c in caches if c.url != extra.url))
+    run_cache = parse_size(build.get("run_cache", DEFAULT_RUN_CACHE), where, "build.run_cache")
+    config = Config(path=path, root=root, artifacts=artifacts, templates=templates, threads=threads, webhook=webhook,
+                    caches=caches, run_cache=run_cache)
     config.hardware.update(parse_hardware(raw.get("hardware", {}), where))
     seen: dict[str, str] = {}
     for name, entry in models_raw.items():

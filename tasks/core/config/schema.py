@@ -130,6 +130,8 @@ class Config:
     models: dict[str, ModelSpec] = field(default_factory=dict)
     webhook: str | None = None  # [build] webhook: POST a summary on success or failure (tasks.build.notify)
     hardware: dict[str, HardwareProfile] = field(default_factory=dict)  # [hardware.<name>] profiles
+    caches: tuple[Any, ...] = ()  # [build] cache: tasks.core.config.cache.CacheSpec, first hit wins
+    run_cache: int = 16 << 30  # [build] run_cache: bytes kept under artifacts/.cache/runs/ (0: off)
 
     @property
     def layout(self) -> ArtifactLayout:
