@@ -291,7 +291,8 @@ def build(stage: Stage, config: Config) -> None:
             text = json.dumps(deploy_summary(ctx), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         else:
             assert env is not None
-            text = env.get_template(f"{out.name}.j2").render(**ctx)
+            adapter_tpl = out.name == "Modelfile" and "template:Modelfile-adapter" in stage.inputs
+            text = env.get_template("Modelfile-adapter.j2" if adapter_tpl else f"{out.name}.j2").render(**ctx)
         if out.name == "Modelfile":
             check_modelfile(text, ctx, ctx["model"])
         atomic.write_text(out, text)
