@@ -63,3 +63,26 @@ def widened_variant(src: Path, dest: Path) -> None:
     out = {k: (torch.cat([t, t], dim=1) if ".lora_A." in k else t).contiguous()
            for k, t in load_file(str(src / "adapter_model.safetensors")).items()}
     save_file(out, str(dest / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+
+def dora_variant(src: Path, base: Path, dest: Path) -> None:
+    """The demo adapter as DoRA with magnitudes ||W + scale * B A|| per output row: the merged model is the
+    plain LoRA merge (DoRA then only rescales each row by 1), but a GGUF LoRA cannot carry magnitudes."""
+    from safetensors.torch import load_file, save_file
+
+    dest.mkdir(parents=True, exist_ok=True)
+    cfg = _config(src)
+    cfg["use_dora"] = True
+    scale = cfg["lora_alpha"] / cfg["r"]
+    (dest / "adapter_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    weights = load_file(str(base / "model.safetensors"))
+    tensors = load_file(str(src / "adapter_model.safetensors"))
+    out = dict(tensors)
+    for key, a in tensors.items():
+        if ".lora_A." not in key:
+            continue
+        module = key.split(".lora_A.")[0]
+        b = tensors[key.replace(".lora_A.", ".lora_B.")]
+        w = weights[module.removeprefix("base_model.model.") + ".weight"].float()
+        out[f"{module}.lora_magnitude_vector"] = (w + scale * (b @ a)).norm(dim=1).contiguous()
+    save_file(out, str(dest / "adapter_model.safetensors"), metadata={"format": "pt"})

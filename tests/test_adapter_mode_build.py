@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import Workspace, new_workspace, scale_adapter
 from deploy_support import free_port
-from lora_support import pattern_variant, rslora_variant, widened_variant
+from lora_support import dora_variant, pattern_variant, rslora_variant, widened_variant
 
 from tasks.core.hashing import sha256_file
 
@@ -225,3 +225,35 @@ def test_served_adapter_gives_the_fine_tunes_answer(adapter_ws: tuple[Workspace,
     finally:
         ws.doit("stop:alpha", check=False)
 
+
+
+def test_both_mode_serves_the_adapter_and_falls_back_to_merged_for_dora(adapter_ws: tuple[Workspace, list[str]],
+                                                                       tmp_path: Path) -> None:
+    from tasks.deploy import modelfile
+
+    ws = adapter_ws[0].copy_to(tmp_path / "ws")
+    base = ws.artifacts / "fixtures" / "demo-base"
+    dora_variant(ws.root / "adapters" / "alpha", base, ws.root / "adapters" / "dora")
+    ws.config.write_text(ws.config.read_text() + extra_model("both", "adapters/alpha", "both")
+                         + extra_model("dora", "adapters/dora", "both") + extra_model("dora2", "adapters/dora"))
+    run = ws.doit("render:both", "render:dora", "check:both-lora", "check:dora-lora")
+    assert not any(t.startswith(("convert:base", "quantize:base")) for t in run.executed)  # the shared base's
+
+    def commands(m: str) -> dict[str, list[str]]:
+        parsed = modelfile.parse((ws.artifacts / m / "Modelfile").read_text())
+        return {k: [v for c, v in parsed if c == k] for k in ("model", "adapter")}
+
+    assert commands("both")["adapter"] == ["./both-lora-f16.gguf"]
+    check = json.loads((ws.artifacts / "both" / "check-lora.json").read_text())
+    assert check["passed"] and check["vs_merged"]["q8_0"]["kl_mean"] < 0.002
+    assert (ws.artifacts / "both" / "merged").is_dir()
+    # DoRA in both mode: no LoRA GGUF, the reason on disk, the merged quant served
+    reason = (ws.artifacts / "dora" / "dora-lora-f16.gguf.skipped").read_text()
+    assert "use_dora" in reason and not (ws.artifacts / "dora" / "dora-lora-f16.gguf").exists()
+    assert commands("dora") == {"model": ["./dora-q4_k_m.gguf"], "adapter": []}
+    assert (ws.artifacts / "dora" / "check-lora.json.skipped").is_file()
+    # DoRA in adapter mode: one line naming the feature, nothing built
+    refused = ws.doit("lora:dora2", check=False)
+    lines = [ln for ln in refused.stderr.splitlines() if "modelmake: error" in ln]
+    assert refused.returncode != 0 and len(lines) == 1 and "use_dora" in lines[0], refused.stderr
+    assert not list((ws.artifacts / "dora2").glob("*.gguf*"))

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.core import toolchain
+from tasks.core import atomic, toolchain
 from tasks.core.errors import UserError
-from tasks.core.stage import Stage
+from tasks.core.stage import Stage, skipped_marker
 from tasks.formats.gguf import ScanError, scan
 from tasks.formats.tokenizer_vectors import read_vectors
 
@@ -72,7 +72,7 @@ def run_lora_checks(stage: Stage) -> dict[str, Any]:
     params = stage.params
     outtype = params["outtype"]
     base_dir, adapter_dir = stage.inputs["base"], stage.inputs["adapter_config"].parent
-    lora = stage.inputs["lora"]
+    lora = lora_file(stage)
     types = [outtype, *params["quants"]]
     ggufs = {g: stage.inputs[f"gguf:{g}"] for g in types}
     for path in ggufs.values():
@@ -145,8 +145,22 @@ def run_lora_checks(stage: Stage) -> dict[str, Any]:
     return result
 
 
+def lora_file(stage: Stage) -> Path:
+    """The LoRA GGUF: an input in adapter mode; in both mode beside the lora stage's manifest (or skipped)."""
+    if "lora" in stage.inputs:
+        return stage.inputs["lora"]
+    return stage.inputs["lora_manifest"].parent.parent / stage.params["lora"]
+
+
 def build(stage: Stage, config: Any) -> None:
     from tasks.checks.check import finish
 
     toolchain.check_runtime()
+    lora = lora_file(stage)
+    if not lora.is_file() and skipped_marker(lora).is_file():  # both mode, adapter not expressible: nothing to check
+        (out,) = stage.outputs
+        out.unlink(missing_ok=True)
+        atomic.write_text(skipped_marker(out), skipped_marker(lora).read_text(encoding="utf-8"))
+        return
+    skipped_marker(stage.outputs[0]).unlink(missing_ok=True)
     finish(stage, run_lora_checks(stage))

@@ -37,8 +37,12 @@ def _vectors(m: ModelSpec) -> dict[str, Path]:
 def lora_check_stage(config: Config, m: ModelSpec) -> Stage:
     """check:<m> in adapter mode, check:<m>-lora in both mode (then also against the merged quants)."""
     layout = config.layout
-    inputs = {"base": m.base.path, "eval_samples": EVAL_SAMPLES, **adapter_files(m.adapter.path),
-              "lora": layout.lora_gguf(m.name, m.outtype), **_vectors(m)}
+    lora = layout.lora_gguf(m.name, m.outtype)
+    inputs = {"base": m.base.path, "eval_samples": EVAL_SAMPLES, **adapter_files(m.adapter.path), **_vectors(m)}
+    if m.builds_merged:  # both mode: the lora stage may have written `.skipped` instead (served merged)
+        inputs["lora_manifest"] = layout.manifest(m.name, "lora")
+    else:
+        inputs["lora"] = lora
     for gtype in (m.outtype, *m.quants):
         inputs[f"gguf:{gtype}"] = layout.base_gguf(m.base_id, gtype)
         if m.builds_merged and gtype != m.outtype:
@@ -48,7 +52,8 @@ def lora_check_stage(config: Config, m: ModelSpec) -> Stage:
         task=f"check:{name}", kind=CHECK_LORA, artifacts=config.artifacts, model=m.name,
         manifest=layout.manifest(m.name, "check-lora"), log=layout.log(m.name, "check-lora"),
         inputs=inputs, outputs=(layout.model_file(m.name, "check-lora.json"),), toolchain=toolchain.identity(),
-        params={"model": m.name, "outtype": m.outtype, "quants": list(m.quants), "gates": m.gates,
+        order_only=(lora,) if m.builds_merged else (),
+        params={"model": m.name, "outtype": m.outtype, "quants": list(m.quants), "gates": m.gates, "lora": lora.name,
                 "libs": lib_versions("torch", "transformers", "peft", "tokenizers", "numpy")},
         doc=f"check {m.name}'s LoRA GGUF on its base's GGUFs against the fine-tune in float32",
     )
