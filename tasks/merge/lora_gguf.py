@@ -19,6 +19,7 @@ The prepared copy lives in a temporary directory named after the model: the conv
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -117,14 +118,15 @@ def build(stage: Stage, config: Config) -> None:
     base_dir, adapter_dir = stage.inputs["base"], stage.inputs["adapter_config"].parent
     marker = skipped_marker(final)
     marker.unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".lora-", dir=final.parent) as tmp:
+    # Named like atomic's temporaries, so a killed build's copy is cleaned up by the next run.
+    with tempfile.TemporaryDirectory(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent) as tmp:
         lora_dir = Path(tmp) / stage.params["model"]  # general.name comes from this directory's name
         lora_dir.mkdir()
         try:
             folded = prepare(base_dir, adapter_dir, lora_dir)
         except Unexpressible as exc:
             if stage.params["mode"] != "both":
-                raise UserError(f"deploy.mode = \"adapter\": {exc} (use mode = \"merged\" or \"both\")") from None
+                raise _refusal(exc) from None
             final.unlink(missing_ok=True)
             atomic.write_text(marker, f"{exc}\n")
             with open(stage.log, "a", encoding="utf-8") as fh:
@@ -141,6 +143,10 @@ def precheck(stage: Stage) -> None:
     if stage.inputs["base"].is_dir() and stage.inputs["adapter_config"].is_file():
         try:
             check_expressible(stage.inputs["base"], stage.inputs["adapter_config"].parent)
-        except Unexpressible:
+        except Unexpressible as exc:
             if stage.params["mode"] != "both":
-                raise
+                raise _refusal(exc) from None
+
+
+def _refusal(exc: Unexpressible) -> UserError:
+    return UserError(f"deploy.mode = \"adapter\": {exc} (use mode = \"merged\" or \"both\")")
