@@ -78,6 +78,11 @@ def task_quantize():
     yield from group_tasks(CONFIG, "quantize")  # tasks/gguf/stages.py
 
 
+def task_lora():
+    """The adapter as a GGUF LoRA: lora:<model> (deploy.mode adapter or both)."""
+    yield from group_tasks(CONFIG, "lora")  # tasks/merge/stages.py
+
+
 def task_render():
     """Render a model's Ollama Modelfile and LM Studio config from templates/."""
     yield from group_tasks(CONFIG, "render")  # tasks/deploy/stages.py

@@ -67,6 +67,11 @@ def group_tasks(config: Config, group: str) -> Iterator[dict[str, Any]]:
         for m in config.models.values():
             if not m.builds_gguf:
                 continue  # vLLM-only: no GGUF, no quantize tasks
+            if not m.builds_merged:  # adapter mode: its quants are its base's
+                base = [s.task for s in members if s.task.startswith(f"quantize:base-{m.base_id}-")]
+                yield {"name": m.name, "doc": f"the quantizations of {m.name}'s base", "actions": None,
+                       "task_dep": base or [f"convert:base-{m.base_id}"]}
+                continue
             yield {
                 "name": m.name,
                 "doc": f"all quantizations of {m.name} ({', '.join(m.quants) or 'none'})",

@@ -19,15 +19,15 @@ from tasks.core.config.schema import Config, ModelSpec
 from tasks.core.stage import Stage
 from tasks.deploy.stages import render_stage
 from tasks.fixtures.stages import fixture_stages
-from tasks.gguf.stages import convert_stage, quantize_stages
-from tasks.merge.stages import adapter_stage, merge_stage
+from tasks.gguf.stages import base_stages, convert_stage, quantize_stages
+from tasks.merge.stages import adapter_stage, lora_stage, merge_stage
 from tasks.sources.stages import fetch_stages
 
 # Stages that serve every model: before the models' own, and after them.
-BUILD_INPUTS: tuple[Callable[[Config], list[Stage]], ...] = (fixture_stages, fetch_stages)
+BUILD_INPUTS: tuple[Callable[[Config], list[Stage]], ...] = (fixture_stages, fetch_stages, base_stages)
 # One model's stages, in pipeline order (the order doit runs independent ones and the summary lists them).
 MODEL_STAGES: tuple[Callable[[Config, ModelSpec], list[Stage]], ...] = (
-    adapter_stage, merge_stage, convert_stage, quantize_stages, render_stage, check_stage, report_stage,
+    adapter_stage, merge_stage, convert_stage, quantize_stages, lora_stage, render_stage, check_stage, report_stage,
 )
 ACROSS_MODELS: tuple[Callable[[Config], list[Stage]], ...] = (compare_stage,)
 

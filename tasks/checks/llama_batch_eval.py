@@ -123,12 +123,13 @@ def load(gguf: Path, n_ctx: int) -> tuple[Any, bool]:
 
 
 def batched_logits(llm: Any, probes: list[Probe], exact_tails: bool = False,
-                   max_tokens: int = MAX_TOKENS) -> list[Any]:
+                   max_tokens: int = MAX_TOKENS, loras: tuple[tuple[Any, float], ...] = ()) -> list[Any]:
     """Logits (positions x vocabulary, float32) of every probe, from as few decodes as `max_tokens` allows.
 
     `llm` is an open llama_cpp.Llama: its model is reused (loaded once, also for tokenizer
     parity); the decodes get a context of their own with the same settings but sized for the batch.
     `exact_tails` as `load` says for this model (repacked weights: see the module's docstring).
+    `loras`: (llama_adapter_lora_init's adapter, scale) pairs applied to every decode (adapter mode).
     """
     import llama_cpp
     import numpy as np
@@ -147,6 +148,12 @@ def batched_logits(llm: Any, probes: list[Probe], exact_tails: bool = False,
         ctx = llama_cpp.llama_init_from_model(model, params)
         if not ctx:
             raise RuntimeError(f"llama.cpp could not create a context for {len(slots)} tokens")
+        if loras:
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * len(loras))(*(a for a, _ in loras))
+            scales = (ctypes.c_float * len(loras))(*(s for _, s in loras))
+            if llama_cpp.llama_set_adapters_lora(ctx, adapters, len(loras), scales) != 0:
+                llama_cpp.llama_free(ctx)
+                raise RuntimeError("llama.cpp refused to apply the LoRA adapter to this context")
         batch = llama_cpp.llama_batch_init(len(slots), 0, 1)
         try:
             for i, s in enumerate(slots):

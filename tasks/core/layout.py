@@ -6,6 +6,9 @@ themselves, so the on-disk layout can be read (and changed) in one place:
     artifacts/
       <model>/merged/  <model>-<type>.gguf  adapter.json  check.json  Modelfile  lmstudio.json ...
       <model>/manifests/<stage>.json        one per stage (tasks/core/manifest.py owns their format)
+      <model>/<model>-lora-<type>.gguf      adapter (and both) mode: the LoRA adapter as GGUF
+      bases/<base id>/base-<type>.gguf      adapter mode: the base's own GGUFs, shared by every model on it
+      bases/<base id>/manifests/<stage>.json
       fixtures/<name>/  fixtures/manifests/<name>.json
       sources/<model>/<role>/  sources/<model>/manifests/<role>.json
       report/<model>.{json,md,png}  report/compare.{json,md}  report/manifests/
@@ -43,6 +46,9 @@ class ArtifactLayout:
     def gguf(self, model: str, gtype: str) -> Path:
         return self.root / model / f"{model}-{gtype}.gguf"
 
+    def lora_gguf(self, model: str, gtype: str) -> Path:
+        return self.root / model / f"{model}-lora-{gtype}.gguf"
+
     def model_file(self, model: str, name: str) -> Path:
         """A file directly in the model's directory (adapter.json, check.json, rendered files)."""
         return self.root / model / name
@@ -60,6 +66,16 @@ class ArtifactLayout:
     def run_dir(self, model: str) -> Path:
         """Runtime state of a deployed model (pid file, health report): never build output."""
         return self.root / "run" / model
+
+    # ---- the shared base GGUFs of adapter mode ----------------------------------------------------
+    def base_dir(self, base_id: str) -> Path:
+        return self.root / "bases" / base_id
+
+    def base_gguf(self, base_id: str, gtype: str) -> Path:
+        return self.root / "bases" / base_id / f"base-{gtype}.gguf"
+
+    def base_manifest(self, base_id: str, stage: str) -> Path:
+        return self.root / "bases" / base_id / "manifests" / f"{stage}.json"
 
     # ---- fixtures, fetched sources, reports ----------------------------------------------------
     def fixture(self, name: str) -> Path:

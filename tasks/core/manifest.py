@@ -59,7 +59,11 @@ def output_record(layout: ArtifactLayout, model: str, path: Path) -> dict[str, A
         rel = layout.rel(path)
     except ValueError:
         return None
-    for manifest in sorted(layout.manifests(model).glob("*.json")):
+    dirs = [layout.manifests(model)]
+    parts = rel.split("/")
+    if parts[0] == "bases" and len(parts) > 2:  # adapter mode: the base's GGUFs, shared by models on it
+        dirs.append(layout.base_manifest(parts[1], "x").parent)
+    for manifest in sorted(m for d in dirs for m in d.glob("*.json")):
         record = outputs_of(read_manifest(manifest)).get(rel)
         if record is not None:
             return record

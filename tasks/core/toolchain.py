@@ -27,8 +27,9 @@ from tasks.core.layout import REPO
 PACKAGE = "llama-cpp-python"
 VERSION = "0.3.36"
 SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
-# Only these parts of vendor/llama.cpp are extracted.
-WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "models/", "LICENSE")
+# Only these parts of vendor/llama.cpp are extracted. Adding one here re-extracts an older tree at setup
+# (its `.complete` names what it holds); the identity, and so every stage key, stays the same.
+WANTED = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/", "models/", "LICENSE")
 
 
 def toolchain_root() -> Path:
@@ -72,6 +73,14 @@ def converter() -> Path:
     return require() / "convert_hf_to_gguf.py"
 
 
+def lora_converter() -> Path:
+    """llama.cpp's PEFT LoRA -> GGUF adapter converter (same revision and gguf-py as `converter`)."""
+    path = require() / "convert_lora_to_gguf.py"
+    if not path.is_file():  # a tree extracted before this converter was wanted
+        raise UserError(f"llama.cpp toolchain at {path.parent} has no convert_lora_to_gguf.py: run `make setup`")
+    return path
+
+
 def vocab_file(name: str) -> Path:
     return require() / "models" / name
 
@@ -103,7 +112,7 @@ def check_runtime() -> None:
 def setup() -> Path:
     """Fetch, verify and extract the pinned sdist (idempotent)."""
     target = llama_dir()
-    if (target / ".complete").is_file():
+    if _complete(target):
         return target
     root = toolchain_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -125,9 +134,23 @@ def setup() -> Path:
             (out / "toolchain.json").write_text(
                 json.dumps({"package": PACKAGE, "version": VERSION, "sdist_sha256": digest}, indent=2) + "\n"
             )
-            (out / ".complete").write_text(identity() + "\n")
+            (out / ".complete").write_text(_completion_text())
     print(f"toolchain: llama.cpp from {PACKAGE}=={VERSION} ready in {target}", file=sys.stderr)
     return target
+
+
+def _completion_text() -> str:
+    return identity() + "\n" + "".join(f"{w}\n" for w in WANTED)
+
+
+def _complete(target: Path) -> bool:
+    """Extracted from the pinned sdist with every part in WANTED (a tree from an older WANTED is not)."""
+    marker = target / ".complete"
+    if not marker.is_file():
+        return False
+    lines = marker.read_text(encoding="utf-8").splitlines()
+    return bool(lines) and lines[0] == identity() and set(WANTED) <= set(lines[1:]) | {
+        w for w in WANTED if (target / w.rstrip("/")).exists()}
 
 
 def _extract(sdist: Path, out: Path) -> None:

@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tasks.core.config.schema import Config, ModelSpec
@@ -73,28 +74,35 @@ class Report:
 
 
 def check_files(config: Config, m: ModelSpec, report: Report, summary: dict[str, Any]) -> None:
-    from tasks.core.hashing import sha256_file
-    from tasks.core.manifest import output_record
-    from tasks.formats.gguf import MAGIC
 
     if not summary.get("gguf"):
         report.add("files", True, "no GGUF target (vLLM serves merged/)")
         return
-    gguf = config.layout.model_file(m.name, summary["gguf"])
-    if not report.add("gguf exists", gguf.is_file(), str(gguf)):
+    for name, label in ((summary["gguf"], "gguf"), (summary.get("lora"), "lora gguf")):
+        if name:
+            _check_file(config, m, report, config.layout.model_file(m.name, name), label)
+
+
+def _check_file(config: Config, m: ModelSpec, report: Report, gguf: Path, label: str) -> None:
+    """A served GGUF: present, a GGUF, recorded by a manifest of this project, unchanged since."""
+    from tasks.core.hashing import sha256_file
+    from tasks.core.manifest import output_record
+    from tasks.formats.gguf import MAGIC
+
+    if not report.add(f"{label} exists", gguf.is_file(), str(gguf)):
         return
     with open(gguf, "rb") as fh:
         magic = fh.read(4)
-    report.add("gguf magic", magic == MAGIC, f"{magic!r}" + ("" if magic == MAGIC else f", expected {MAGIC!r}"))
+    report.add(f"{label} magic", magic == MAGIC, f"{magic!r}" + ("" if magic == MAGIC else f", expected {MAGIC!r}"))
     rec = output_record(config.layout, m.name, gguf)
     if not report.add("manifest", rec is not None, "recorded" if rec else f"no manifest records {gguf.name}"):
         return
     assert rec is not None
     size = gguf.stat().st_size
     same = size == rec["size"]
-    report.add("gguf size", same, f"{size} bytes" + ("" if same else f", manifest says {rec['size']}"))
+    report.add(f"{label} size", same, f"{size} bytes" + ("" if same else f", manifest says {rec['size']}"))
     digest = sha256_file(gguf)
-    report.add("gguf sha256", digest == rec["sha256"],
+    report.add(f"{label} sha256", digest == rec["sha256"],
                digest[:16] + ("" if digest == rec["sha256"] else f", manifest says {rec['sha256'][:16]}"))
 
 

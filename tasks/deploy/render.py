@@ -155,7 +155,9 @@ def check_modelfile(text: str, ctx: dict[str, Any], name: str) -> None:
     except modelfile.ModelfileError as exc:
         raise UserError(f"models.{name}: the rendered Modelfile does not parse: {exc}") from None
     got = {c: [v for k, v in commands if k == c] for c in ("model", "template", "system", "stop")}
+    got["adapter"] = [v for k, v in commands if k == "adapter"]
     want = {"model": [f"./{ctx['gguf']}"], "template": [ctx["ollama_template"]],
+            "adapter": [f"./{ctx['ollama_adapter']}"] if ctx.get("ollama_adapter") else [],
             "system": [] if ctx["ollama_system"] is None else [ctx["ollama_system"]], "stop": ctx["ollama_stops"]}
     for key, values in want.items():
         if got[key] != values:
@@ -230,6 +232,7 @@ def context(stage: Stage) -> dict[str, Any]:
         "gguf_sha256": stage.input_digests()["gguf"] if "gguf" in stage.inputs else None,
         "lmstudio_files": [f"{p['model']}-{q}.gguf" for q in p["lmstudio_quants"]],
     }
+    ctx.update(lora_context(stage))
     ctx.update(plan_context(stage, merged))
     if "ollama" in d["targets"]:
         ctx.update(ollama_context(stage, merged, eos))
@@ -240,6 +243,23 @@ def context(stage: Stage) -> dict[str, Any]:
     return ctx
 
 
+def lora_context(stage: Stage) -> dict[str, Any]:
+    """Adapter/both mode: serve the base's GGUF with the LoRA GGUF when the lora stage built one.
+
+    In both mode the lora stage may have written `<file>.skipped` instead (DoRA, modules_to_save...):
+    the model is then served merged, as in merged mode; adapter mode always has the file."""
+    lora = stage.params.get("lora")
+    if not lora:
+        return {}
+    path = stage.inputs["lora_manifest"].parent.parent / lora["file"]
+    if not path.is_file():
+        return {"ollama_adapter": None, "lora_mode": lora["mode"], "lora": None}
+    from tasks.core.hashing import sha256_file
+
+    return {"gguf": lora["base_gguf"], "gguf_sha256": stage.input_digests()["base_gguf"], "lora": lora["file"],
+            "ollama_adapter": lora["file"], "ollama_adapter_sha256": sha256_file(path), "lora_mode": lora["mode"]}
+
+
 def deploy_summary(ctx: dict[str, Any]) -> dict[str, Any]:
     """deploy.json: what deploy/serve/health need, in one reproducible file."""
     d = ctx["deploy"]
@@ -248,6 +268,7 @@ def deploy_summary(ctx: dict[str, Any]) -> dict[str, Any]:
         "gguf_sha256": ctx["gguf_sha256"], "host": d["host"], "port": d["port"], "context": d["context"],
         "system": ctx["system"], "stops": ctx["stops"], "ollama_family": ctx.get("ollama_family"),
         **({"ollama_skipped": ctx["ollama_skipped"]} if "ollama_skipped" in ctx else {}),
+        **({"lora": ctx["lora"]} if "lora" in ctx else {}),
         "lmstudio_files": ctx["lmstudio_files"] if "lmstudio" in d["targets"] else [],
         "plan": ctx["plan"],
     }
@@ -270,7 +291,8 @@ def build(stage: Stage, config: Config) -> None:
             text = json.dumps(deploy_summary(ctx), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
         else:
             assert env is not None
-            text = env.get_template(f"{out.name}.j2").render(**ctx)
+            adapter_tpl = out.name == "Modelfile" and "template:Modelfile-adapter" in stage.inputs
+            text = env.get_template("Modelfile-adapter.j2" if adapter_tpl else f"{out.name}.j2").render(**ctx)
         if out.name == "Modelfile":
             check_modelfile(text, ctx, ctx["model"])
         atomic.write_text(out, text)

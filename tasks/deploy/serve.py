@@ -125,6 +125,8 @@ def start(config: Config, m: ModelSpec, ready_timeout: float = READY_TIMEOUT) ->
         log = config.layout.log(m.name, "serve")
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = command(config, m, gguf, host, port, summary["context"])
+        if summary.get("lora"):  # adapter mode: the base's GGUF with the fine-tune's LoRA applied at load
+            cmd += ["--lora_path", str(config.layout.model_file(m.name, summary["lora"]))]
         with open(log, "ab") as out:
             out.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(cmd)}\n".encode())
             out.flush()

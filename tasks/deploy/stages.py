@@ -25,7 +25,9 @@ def rendered_files(m: ModelSpec) -> dict[str, str | None]:
     targets = m.deploy.targets
     files: dict[str, str | None] = {"deploy.json": None}
     if "ollama" in targets:
-        files["Modelfile"] = "Modelfile.j2"
+        # Adapter/both mode: FROM the base's quant + ADAPTER the LoRA GGUF (FROM the merged quant if the
+        # adapter could not be expressed as a GGUF LoRA in both mode).
+        files["Modelfile"] = "Modelfile-adapter.j2" if m.builds_lora else "Modelfile.j2"
     if "lmstudio" in targets:
         files["lmstudio.json"] = "lmstudio.json.j2"
         files["lmstudio-model.yaml"] = "lmstudio-model.yaml.j2"
@@ -41,10 +43,17 @@ def render_stage(config: Config, m: ModelSpec) -> list[Stage]:
     layout = config.layout
     files = rendered_files(m)
     inputs: dict[str, Path] = {f"template:{t[:-3]}": config.templates / t for t in files.values() if t}
-    inputs["merged"] = layout.merged(m.name)
+    # Adapter mode has no merged model: the base holds the same tokenizer, template and shapes.
+    inputs["merged"] = layout.merged(m.name) if m.builds_merged else m.base.path
     quant = m.deploy_quant
     if m.builds_gguf:
-        inputs["gguf"] = layout.gguf(m.name, quant)
+        inputs["gguf"] = layout.gguf(m.name, quant) if m.builds_merged else layout.base_gguf(m.base_id, quant)
+    lora: list[Path] = []
+    if m.builds_lora:
+        # The lora stage's manifest, not its file: in both mode the file may be `.skipped` (served merged).
+        inputs["lora_manifest"] = layout.manifest(m.name, "lora")
+        inputs["base_gguf"] = layout.base_gguf(m.base_id, quant)
+        lora = [layout.lora_gguf(m.name, m.outtype)]
     if m.deploy.ollama_template is not None and "ollama" in m.deploy.targets:
         inputs["ollama_template"] = m.deploy.ollama_template
     if "vllm" in m.deploy.targets and m.deploy.vllm.lora:
@@ -59,6 +68,9 @@ def render_stage(config: Config, m: ModelSpec) -> list[Stage]:
         "base_rel": _rel(m.base.path, layout.model_dir(m.name)),
         "adapter_rel": _rel(m.adapter.path, layout.model_dir(m.name)),
     }
+    if m.builds_lora:
+        params["lora"] = {"mode": m.deploy.mode, "file": lora[0].name,
+                          "base_gguf": os.path.relpath(layout.base_gguf(m.base_id, quant), layout.model_dir(m.name))}
     # lmstudio.json names these GGUFs without reading them: they must exist, but are not part of the key.
     lmstudio = "lmstudio" in m.deploy.targets
     referenced = [layout.gguf(m.name, q) for q in lmstudio_quants if q != quant] if lmstudio else []
@@ -66,7 +78,7 @@ def render_stage(config: Config, m: ModelSpec) -> list[Stage]:
         task=f"render:{m.name}", kind=RENDER, artifacts=config.artifacts, model=m.name,
         manifest=layout.manifest(m.name, "render"), log=layout.log(m.name, "render"),
         inputs=inputs, outputs=tuple(layout.model_file(m.name, name) for name in files), params=params,
-        order_only=tuple(referenced), doc=f"render the deployment files of {m.name} ({', '.join(m.deploy.targets)})",
+        order_only=(*referenced, *lora), doc=f"render the deployment files of {m.name} ({', '.join(m.deploy.targets)})",
     )]
 
 

@@ -16,7 +16,7 @@ from tasks.core.config.values import check_keys, choice, number, safe_name, stri
 from tasks.core.errors import UserError
 from tasks.core.quant_types import OUTTYPES
 
-DEPLOY_KEYS = {"port", "context", "quant", "temperature", "top_p", "top_k", "repeat_penalty", "publisher",
+DEPLOY_KEYS = {"mode", "port", "context", "quant", "temperature", "top_p", "top_k", "repeat_penalty", "publisher",
                "targets", "hardware", "host", "stop", "ollama_template", "lmstudio", "vllm", "health"}
 HARDWARE_KEYS = {"kind", "memory_gb", "utilization", "reserve_gb", "cpus", "bf16"}
 LMSTUDIO_KEYS = {"home", "link", "quants"}
@@ -25,6 +25,9 @@ HEALTH_KEYS = {"prompt", "expect", "timeout", "max_latency"}
 VLLM_DTYPES = ("auto", "float16", "bfloat16")
 VLLM_KV_DTYPES = ("auto", "fp8")
 MAX_TEMPLATE_BYTES = 1 << 20
+MODES = ("merged", "adapter", "both")
+# Targets that can only serve a merged model: LM Studio loads no adapter; vllm-serve.sh serves merged/.
+MERGED_ONLY_TARGETS = ("lmstudio", "vllm")
 
 
 def parse_hardware(raw: Any, where: str) -> dict[str, HardwareProfile]:
@@ -55,13 +58,21 @@ def parse_hardware(raw: Any, where: str) -> dict[str, HardwareProfile]:
 def parse_deploy(raw: Any, quants: list[str], root: Path, where: str, key: str) -> DeploySpec:
     """A model's [deploy] table (defaults merged in), validated."""
     raw = table(raw, where, key)
-    return DeploySpec(**_basic(raw, quants, where, key), **_extras(raw, quants, root, where, key))
+    spec = DeploySpec(**_basic(raw, quants, where, key), **_extras(raw, quants, root, where, key))
+    if spec.mode == "adapter":
+        for t in MERGED_ONLY_TARGETS:
+            if t in spec.targets:
+                raise UserError(f"{where}: {key}.mode: 'adapter' builds no merged model, but target {t!r} can only "
+                                "serve one (it loads no LoRA adapter): use mode = \"both\"")
+    return spec
 
 
 def _basic(raw: Any, quants: list[str], where: str, key: str) -> dict[str, Any]:
     """The scalar deploy settings (port, context, sampling, ...), as DeploySpec keyword arguments."""
     check_keys(raw, DEPLOY_KEYS, where, key)
     values: dict[str, Any] = {}
+    if "mode" in raw:
+        values["mode"] = choice(raw["mode"], MODES, where, f"{key}.mode")
     if "port" in raw:
         port = typed(raw["port"], int, where, f"{key}.port")
         if not 1024 <= port <= 65535:
@@ -132,7 +143,14 @@ def _extras(raw: dict[str, Any], quants: list[str], root: Path, where: str, key:
 
 
 def check_references(config: Config, where: str) -> None:
-    """Profiles named by deploy settings must exist in [hardware]."""
+    """Profiles named by deploy settings must exist in [hardware]; models sharing a base GGUF share its type."""
+    shared: dict[str, Any] = {}
+    for m in config.models.values():
+        if m.deploy.mode != "merged":
+            first = shared.setdefault(m.base_id, m)
+            if first.outtype != m.outtype:
+                raise UserError(f"{where}: models.{m.name}.outtype: {m.outtype!r}, but models.{first.name} on the same "
+                                f"base in adapter mode uses {first.outtype!r}: they share one base GGUF")
     for m in config.models.values():
         d = m.deploy
         if "vllm" in d.targets and not (d.vllm.hardware or d.hardware):
@@ -216,8 +234,10 @@ def deploy_params(deploy: DeploySpec) -> dict[str, Any]:
     Left out: the LM Studio home and the health probe, which only matter at deploy/check time,
     so moving LM Studio elsewhere does not re-render anything.
     """
-    skip = {"lmstudio", "vllm", "health", "ollama_template", "targets", "stop"}
+    skip = {"lmstudio", "vllm", "health", "ollama_template", "targets", "stop", "mode"}
     out = {k: v for k, v in vars(deploy).items() if k not in skip}
+    if deploy.mode != "merged":  # absent for merged models: their keys (and models.lock) stay as they were
+        out["mode"] = deploy.mode
     out["targets"] = list(deploy.targets)
     out["stop"] = list(deploy.stop)
     out["ollama_template"] = deploy.ollama_template is not None  # its bytes are a stage input

@@ -6,7 +6,9 @@ writes it. Light: standard library only.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,9 @@ class HealthSpec:
 
 @dataclass(frozen=True)
 class DeploySpec:
+    # merged: one full model per fine-tune | adapter: the base's GGUFs (shared by every model on that base)
+    # plus a LoRA GGUF applied at load time | both.
+    mode: str = "merged"
     port: int | None = None
     context: int = 4096
     quant: str | None = None  # the quant that deploy targets use; default: the model's last quant
@@ -109,6 +114,25 @@ class ModelSpec:
     def builds_gguf(self) -> bool:
         """False for a vLLM-only model: vLLM serves merged/, so no GGUF is ever built for it."""
         return any(t in GGUF_TARGETS for t in self.deploy.targets)
+
+    @property
+    def builds_merged(self) -> bool:
+        """False in adapter mode: only the base's GGUFs and the LoRA GGUF are built."""
+        return self.deploy.mode != "adapter"
+
+    @property
+    def builds_lora(self) -> bool:
+        """The LoRA GGUF and the base's GGUFs (adapter or both mode, GGUF targets only)."""
+        return self.deploy.mode != "merged" and self.builds_gguf
+
+    @property
+    def base_id(self) -> str:
+        """Name of the base's shared GGUF directory (artifacts/bases/<id>/): every model whose base is
+        spelled the same in models.toml shares it. From the spelling, not the location, so a tree
+        restored elsewhere finds its artifacts; the stage key is still the base's content digest."""
+        spec = self.base.spec if self.base.fixture or self.base.remote else os.path.normpath(self.base.spec)
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", spec.rstrip("/").rsplit("/", 1)[-1].split(":")[-1]).strip(".-")
+        return f"{stem or 'base'}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
     @property
     def deploy_quant(self) -> str:
