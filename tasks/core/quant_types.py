@@ -45,7 +45,7 @@ QUANT_FTYPES: dict[str, int] = {
 }
 
 # llama.cpp refuses these without an importance matrix (imatrix): models.toml must configure one.
-NEEDS_IMATRIX = frozenset({"iq2_xxs", "iq2_xs", "iq2_s", "iq1_s", "iq1_m", "q2_k_s"})
+NEEDS_IMATRIX = frozenset({"iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq1_s", "iq1_m", "q2_k_s"})
 
 # A quant built without the matrix beside the one built with it, for the check's comparison: "q2_k-noimatrix".
 PLAIN_SUFFIX = "-noimatrix"

@@ -33,6 +33,8 @@ from tasks.core.stage import Stage
 from tasks.gguf import imatrix_file
 
 MIN_ROWS = 16  # llama-imatrix ignores smaller batches
+# enum ggml_op of the pinned ggml.h; checked against ggml_op_name at run time, so a new pin cannot drift silently.
+GGML_OP_MUL_MAT, GGML_OP_MUL_MAT_ID = 29, 30
 
 
 def _ggml() -> Any:
@@ -74,8 +76,11 @@ class Collector:
 
         self.np = np
         self.lib = _ggml()
-        names = {self.lib.ggml_op_name(i).decode(): i for i in range(128) if self.lib.ggml_op_name(i)}
-        self.mul_mat, self.mul_mat_id = names["MUL_MAT"], names["MUL_MAT_ID"]
+        for op, name in ((GGML_OP_MUL_MAT, b"MUL_MAT"), (GGML_OP_MUL_MAT_ID, b"MUL_MAT_ID")):
+            if self.lib.ggml_op_name(op) != name:
+                raise UserError(f"ggml op {op} is {self.lib.ggml_op_name(op)!r}, not {name!r}: the llama.cpp pin "
+                                "changed ggml's op list (update GGML_OP_MUL_MAT in tasks/gguf/imatrix.py)")
+        self.mul_mat, self.mul_mat_id = GGML_OP_MUL_MAT, GGML_OP_MUL_MAT_ID
         self.sums: dict[str, Any] = {}
         self.counts: dict[str, Any] = {}
         self.error: str | None = None
@@ -181,14 +186,21 @@ def compute(gguf: Path, data: list[Path], chunk: int, threads: int) -> imatrix_f
     ctx = llama_cpp.llama_init_from_model(model, cparams)
     if not ctx:
         raise UserError(f"{gguf}: llama.cpp could not create a context of {chunk} tokens")
+    batch = llama_cpp.llama_batch_init(chunk, 0, 1)
     try:
         for ids in chunks:
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-            arr = (llama_cpp.llama_token * len(ids))(*ids)
-            rc = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(arr, len(ids)))
+            # Every position an output, as llama-imatrix computes them: otherwise llama.cpp drops all
+            # rows but the last before the last layer's FFN, and those matrices would see one token.
+            batch.n_tokens = len(ids)
+            for i, tok in enumerate(ids):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, i, 1, True
+                batch.seq_id[i][0] = 0
+            rc = llama_cpp.llama_decode(ctx, batch)
             if rc != 0 or collector.error:
                 raise UserError(f"{gguf}: computing the importance matrix failed: {collector.error or f'decode {rc}'}")
     finally:
+        llama_cpp.llama_batch_free(batch)
         llama_cpp.llama_free(ctx)
         llama_cpp.llama_model_free(model)
     if not collector.sums:
