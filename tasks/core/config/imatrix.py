@@ -103,7 +103,7 @@ def _spec(raw: dict[str, Any], quants: list[str], adapter_fixture: str | None, r
         training = FIXTURES[adapter_fixture].data if adapter_fixture else None
         if training:
             path = FIXTURE_DATA / training
-            found = overlap(read_calibration(path), evals) if check_paths else None
+            found = overlap(read_calibration(path), evals)  # a repo file: checked even without check_paths
             if found:
                 notes.append(f"adapter training data {path.name} left out: {found}")
             else:
