@@ -73,6 +73,11 @@ def task_convert():
     yield from group_tasks(CONFIG, "convert")  # tasks/gguf/stages.py
 
 
+def task_imatrix():
+    """Compute the importance matrix of each model with `imatrix` configured (<model>.imatrix.gguf)."""
+    yield from group_tasks(CONFIG, "imatrix")  # tasks/gguf/stages.py
+
+
 def task_quantize():
     """Quantize GGUFs: quantize:<model> for all types, quantize:<model>-<type> for one."""
     yield from group_tasks(CONFIG, "quantize")  # tasks/gguf/stages.py

@@ -39,6 +39,7 @@ ENV = "MODELMAKE_MEMORY_GB"
 GB = 10**9
 UNLIMITED = 1 << 60  # cgroup v1 writes 2^63 - 4096 for "no limit"
 # Anonymous memory of each kind of process before it holds any model data (measured, rounded up).
+IMATRIX_CHUNK = 512  # tokens per imatrix decode (tasks/core/config/imatrix.py DEFAULT_CHUNK)
 RUNTIME = {"torch": 0.5 * GB, "converter": 0.45 * GB, "llama": 0.15 * GB, "light": 0.15 * GB}
 LOGIT_SETS = 4  # check: every probe's logits of base, base+adapter, merged and one GGUF, alive at once
 CHECK_BLOCK = 2 * 64 * 1024**2  # tasks.lockstep.BLOCK_LIMIT: a widened block and a head chunk
@@ -173,6 +174,12 @@ def stage_peak(kind: str, facts: ModelFacts, engine: str = "stream", quants: tup
         return RUNTIME["converter"] + 2 * 4 * f.largest
     if kind == "quantize":
         return RUNTIME["llama"] + (4 + 2) * f.largest
+    if kind == "imatrix":
+        # Every position of a chunk is an output (tasks/gguf/imatrix.py): llama.cpp's logits buffer and the
+        # compute buffer holding the output projection are each chunk x vocabulary float32 (measured on the
+        # demo: 298 MiB compute buffer at 512 x 151,936); activations copied for the sums are far smaller.
+        # An estimate from the buffers llama.cpp reports, not a measured peak at 3B/7B (not benchmarked yet).
+        return RUNTIME["llama"] + 2 * IMATRIX_CHUNK * f.vocab * 4
     if kind == "check":
         logits = f.positions * f.vocab * 4
         repacked = max((REPACKED.get(q, 0) * EFFECTIVE_BPW.get(q, 0) / 8 * f.params for q in quants), default=0)

@@ -19,7 +19,7 @@ from tasks.core.config.schema import Config, ModelSpec
 from tasks.core.stage import Stage
 from tasks.deploy.stages import render_stage
 from tasks.fixtures.stages import fixture_stages
-from tasks.gguf.stages import base_stages, convert_stage, quantize_stages
+from tasks.gguf.stages import base_stages, convert_stage, imatrix_stage, quantize_stages
 from tasks.merge.stages import adapter_stage, lora_stage, merge_stage
 from tasks.sources.stages import fetch_stages
 
@@ -27,13 +27,14 @@ from tasks.sources.stages import fetch_stages
 BUILD_INPUTS: tuple[Callable[[Config], list[Stage]], ...] = (fixture_stages, fetch_stages, base_stages)
 # One model's stages, in pipeline order (the order doit runs independent ones and the summary lists them).
 MODEL_STAGES: tuple[Callable[[Config, ModelSpec], list[Stage]], ...] = (
-    adapter_stage, merge_stage, convert_stage, quantize_stages, lora_stage, render_stage, check_stage, report_stage,
+    adapter_stage, merge_stage, convert_stage, imatrix_stage, quantize_stages, lora_stage, render_stage,
+    check_stage, report_stage,
 )
 ACROSS_MODELS: tuple[Callable[[Config], list[Stage]], ...] = (compare_stage,)
 
 
 def model_stages(config: Config, m: ModelSpec) -> list[Stage]:
-    """adapter -> merge -> convert -> quantize (one per type) -> render -> check -> report, for one model.
+    """adapter -> merge -> convert -> imatrix -> quantize (one per type) -> render -> check -> report, for one model.
 
     A model that builds no GGUF (vLLM-only: vLLM serves merged/) gets no stage of a kind that needs one."""
     stages = [s for make in MODEL_STAGES for s in make(config, m)]

@@ -24,6 +24,7 @@ from tasks.core import atomic, toolchain
 from tasks.core.config.gates import gate_key
 from tasks.core.config.schema import Config
 from tasks.core.errors import UserError
+from tasks.core.quant_types import PLAIN_SUFFIX
 from tasks.core.stage import Stage
 from tasks.formats.tokenizer_vectors import read_vectors
 
@@ -211,6 +212,23 @@ def apply_gates(result: dict[str, Any], gates: dict[str, Any], model: str, outty
     return failures
 
 
+def imatrix_comparison(quality: dict[str, Any], with_matrix: list[str]) -> dict[str, Any]:
+    """For each quant built with the importance matrix: its figures beside its no-matrix twin's (when built)."""
+    keys = ("kl_mean", "kl_p99", "top1_agreement", "ppl")
+    out: dict[str, Any] = {}
+    for q in with_matrix:
+        if q not in quality:
+            continue
+        entry: dict[str, Any] = {"with": {k: quality[q].get(k) for k in keys}}
+        plain = quality.get(q + PLAIN_SUFFIX)
+        if plain is not None:
+            entry["without"] = {k: plain.get(k) for k in keys}
+            if plain["kl_mean"]:
+                entry["kl_mean_ratio"] = quality[q]["kl_mean"] / plain["kl_mean"]
+        out[q] = entry
+    return out
+
+
 def build(stage: Stage, config: Config) -> None:
     toolchain.check_runtime()
     finish(stage, run_checks(stage))
@@ -219,7 +237,10 @@ def build(stage: Stage, config: Config) -> None:
 def finish(stage: Stage, measured: dict[str, Any]) -> None:
     """Gate the figures; write check.json if every gate holds, else fail in one line (figures to the log)."""
     params = stage.params
-    result = rounded(measured)
+    result = dict(measured)
+    if "imatrix" in params:
+        result["imatrix"] = imatrix_comparison(result.get("quality", {}), params["imatrix"])
+    result = rounded(result)
     failures = apply_gates(result, params["gates"], params["model"], params["outtype"])
     result["gates"] = params["gates"]
     result["failures"] = failures

@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from tasks.core.quant_types import QUANT_FTYPES
+from tasks.core.quant_types import QUANT_FTYPES, base_type
 from tasks.formats.gguf import Scan, ScanError, scan
 from tasks.formats.safetensors import read_header
 
@@ -134,6 +134,7 @@ def _expected_ggml_type(gtype: str) -> str:
 def validate(path: Path, gtype: str, ref: HFReference) -> tuple[dict[str, Any], list[str]]:
     """Facts about the GGUF at `path` (claimed type `gtype`) and the problems found (empty: valid)."""
     facts: dict[str, Any] = {"file": path.name, "type": gtype, "size": path.stat().st_size}
+    gtype = base_type(gtype)  # a no-matrix twin ("q2_k-noimatrix") is checked as its llama.cpp type
     try:
         sc: Scan = scan(path)
     except ScanError as exc:

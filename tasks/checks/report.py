@@ -21,6 +21,7 @@ from tasks.core import atomic, procs
 from tasks.core.config.schema import Config
 from tasks.core.errors import UserError
 from tasks.core.layout import REPO
+from tasks.core.quant_types import PLAIN_SUFFIX
 from tasks.core.stage import Stage
 
 THREADS = 2
@@ -59,6 +60,7 @@ def rows(check: dict[str, Any], measured: dict[str, dict[str, Any]]) -> list[dic
             "answer_ppl": q.get("answer_ppl"),
             "answer_exact": q.get("answer_exact"),
             "adapter_retention": check["adapter"].get(gtype, {}).get("retention"),
+            "imatrix": gtype in check.get("imatrix", {}),
             **{f"rt_{k}": v for k, v in rt.items()},
         })
     return out
@@ -99,8 +101,30 @@ def markdown(model: str, check: dict[str, Any], table: list[dict[str, Any]]) -> 
             f"{r['rt_load_s']:.2f} | {r['rt_prompt_tok_s']:.0f} | {r['rt_gen_tok_s']:.1f} | "
             f"{1000 * r['rt_ttft_s_mean']:.0f} | {r['rt_peak_rss_mib']:.0f} |"
         )
+    lines += imatrix_lines(check)
     lines += ["", f"![size vs KL and tokens/s]({model}.png)", ""]
     return "\n".join(lines)
+
+
+def imatrix_lines(check: dict[str, Any]) -> list[str]:
+    """What the importance matrix bought: each matrix quant beside the same type built without one."""
+    comparison = check.get("imatrix")
+    if not comparison:
+        return []
+    lines = ["", "## Importance matrix", "",
+             "Quants built with the importance matrix (calibration data, never the evaluation set) beside the "
+             "same type without it (`<type>-noimatrix`, built when `imatrix.compare = true`; types that need a "
+             "matrix have no such twin).", "",
+             "| type | KL mean with | KL mean without | KL change | KL p99 with / without | top-1 with / without "
+             "| ppl with / without |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for q, c in comparison.items():
+        w, wo = c["with"], c.get("without", {})
+        ratio = c.get("kl_mean_ratio")
+        change = "-" if ratio is None else f"{100 * (ratio - 1):+.1f}%"
+        lines.append(f"| {q} | {_fmt(w['kl_mean'])} | {_fmt(wo.get('kl_mean'))} | {change} | "
+                     f"{_fmt(w['kl_p99'])} / {_fmt(wo.get('kl_p99'))} | {_fmt(w['top1_agreement'], '.2%')} / "
+                     f"{_fmt(wo.get('top1_agreement'), '.2%')} | {_fmt(w['ppl'])} / {_fmt(wo.get('ppl'))} |")
+    return lines
 
 
 def plot(model: str, table: list[dict[str, Any]], out: Path) -> None:
@@ -114,7 +138,10 @@ def plot(model: str, table: list[dict[str, Any]], out: Path) -> None:
     quants = [r for r in table if r["kl_mean"]]
     for r in quants:
         x = r["size_bytes"] / MIB
-        ax_kl.scatter(x, r["kl_mean"], color="tab:blue")
+        # with the importance matrix: filled red; its no-matrix twin: hollow; plain quants: blue
+        style = ({"color": "tab:red"} if r.get("imatrix") else {"facecolors": "none", "edgecolors": "tab:red"}
+                 if r["type"].endswith(PLAIN_SUFFIX) else {"color": "tab:blue"})
+        ax_kl.scatter(x, r["kl_mean"], **style)
         ax_kl.annotate(r["type"], (x, r["kl_mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ref = table[0]
     ax_kl.axvline(ref["size_bytes"] / MIB, color="grey", linestyle="--", linewidth=1)

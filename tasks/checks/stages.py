@@ -67,15 +67,18 @@ def check_stage(config: Config, m: ModelSpec) -> list[Stage]:
     layout = config.layout
     inputs = {"merged": layout.merged(m.name), "base": m.base.path, "eval_samples": EVAL_SAMPLES,
               **adapter_files(m.adapter.path)}
-    for gtype in (m.outtype, *m.quants):
+    for gtype in m.gguf_types:
         inputs[f"gguf:{gtype}"] = layout.gguf(m.name, gtype)
     inputs.update(_vectors(m))
+    params = {"model": m.name, "outtype": m.outtype, "quants": list(m.gguf_types[1:]), "gates": m.gates,
+              "libs": lib_versions("torch", "transformers", "peft", "tokenizers", "numpy")}
+    if m.imatrix is not None:  # only then: the key (and check.json) of a model without a matrix is unchanged
+        params["imatrix"] = list(m.imatrix.quants)
     return [Stage(
         task=f"check:{m.name}", kind=CHECK, artifacts=config.artifacts, model=m.name,
         manifest=layout.manifest(m.name, "check"), log=layout.log(m.name, "check"),
         inputs=inputs, outputs=(layout.model_file(m.name, "check.json"),), toolchain=toolchain.identity(),
-        params={"model": m.name, "outtype": m.outtype, "quants": list(m.quants), "gates": m.gates,
-                "libs": lib_versions("torch", "transformers", "peft", "tokenizers", "numpy")},
+        params=params,
         doc=f"check every GGUF of {m.name} against the merged model and gate its quantizations",
     ), *lora]
 
@@ -88,13 +91,13 @@ def report_stage(config: Config, m: ModelSpec) -> list[Stage]:
     layout = config.layout
     out = layout.report_dir()
     inputs = {"check": layout.model_file(m.name, "check.json"), "eval_samples": EVAL_SAMPLES}
-    for gtype in (m.outtype, *m.quants):
+    for gtype in m.gguf_types:
         inputs[f"gguf:{gtype}"] = layout.gguf(m.name, gtype)
     return [Stage(
         task=f"report:{m.name}", kind=REPORT, artifacts=config.artifacts, model=m.name,
         manifest=layout.report_manifest(m.name), log=layout.log(m.name, "report"),
         inputs=inputs, outputs=(out / f"{m.name}.json", out / f"{m.name}.md", out / f"{m.name}.png"),
-        toolchain=toolchain.identity(), params={"model": m.name, "outtype": m.outtype, "quants": list(m.quants),
+        toolchain=toolchain.identity(), params={"model": m.name, "outtype": m.outtype, "quants": list(m.gguf_types[1:]),
                                                 "libs": lib_versions("matplotlib")},
         doc=f"measure {m.name}'s GGUFs (load time, tokens/s, memory) and write its report with a plot",
     )]

@@ -26,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 EVAL_SAMPLES = REPO / "eval_samples.jsonl"  # the shared prompt set of check and report
 FIXTURE_DATA = REPO / "tasks" / "fixtures" / "data"
+# The general text every importance matrix is calibrated on unless models.toml names other data.
+DEFAULT_CALIBRATION = REPO / "tasks" / "gguf" / "data" / "calibration.txt"
 DEFAULT_TEMPLATES = REPO / "templates"
 COMPARE = "_compare"  # not a valid model name, so report:_compare never collides with report:<model>
 
@@ -48,6 +50,10 @@ class ArtifactLayout:
 
     def lora_gguf(self, model: str, gtype: str) -> Path:
         return self.root / model / f"{model}-lora-{gtype}.gguf"
+
+    def imatrix(self, model: str) -> Path:
+        """The importance matrix computed for the model (llama.cpp's GGUF imatrix format)."""
+        return self.root / model / f"{model}.imatrix.gguf"
 
     def model_file(self, model: str, name: str) -> Path:
         """A file directly in the model's directory (adapter.json, check.json, rendered files)."""

@@ -44,13 +44,21 @@ QUANT_FTYPES: dict[str, int] = {
     "q2_0": 41,
 }
 
-# llama.cpp refuses these without an importance matrix (imatrix), which modelmake does not build yet.
-NEEDS_IMATRIX = frozenset({"iq2_xxs", "iq2_xs", "iq2_s", "iq1_s", "iq1_m", "q2_k_s"})
+# llama.cpp refuses these without an importance matrix (imatrix): models.toml must configure one.
+NEEDS_IMATRIX = frozenset({"iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq1_s", "iq1_m", "q2_k_s"})
+
+# A quant built without the matrix beside the one built with it, for the check's comparison: "q2_k-noimatrix".
+PLAIN_SUFFIX = "-noimatrix"
+
+
+def base_type(gtype: str) -> str:
+    """The llama.cpp type of a GGUF type name ("q2_k-noimatrix" -> "q2_k")."""
+    return gtype.removesuffix(PLAIN_SUFFIX)
 
 # Unquantized GGUF types the converter writes directly.
 OUTTYPES = ("f16", "bf16")
 
 
 def buildable_quants() -> list[str]:
-    """Quant names a model may request today, in llama.cpp's order."""
-    return [q for q in QUANT_FTYPES if q not in NEEDS_IMATRIX]
+    """Quant names a model may request (those in NEEDS_IMATRIX only with a matrix), in llama.cpp's order."""
+    return list(QUANT_FTYPES)

@@ -18,18 +18,19 @@ from tasks.core.config.cache import DEFAULT_RUN_CACHE, parse_caches, parse_size
 from tasks.core.config.deploy import check_references, parse_deploy, parse_hardware
 from tasks.core.config.fixtures import FIXTURES
 from tasks.core.config.gates import parse_gates
+from tasks.core.config.imatrix import parse_imatrix
 from tasks.core.config.remote import is_remote, parse_remote
 from tasks.core.config.schema import Config, ModelSpec, Source
 from tasks.core.config.values import NAME_RE, check_keys, choice, table, typed
 from tasks.core.errors import UserError
 from tasks.core.layout import DEFAULT_TEMPLATES, REPO
-from tasks.core.quant_types import NEEDS_IMATRIX, OUTTYPES, QUANT_FTYPES, buildable_quants
+from tasks.core.quant_types import OUTTYPES, QUANT_FTYPES, buildable_quants
 
 FIXTURE_PREFIX = "fixture:"
 MERGE_ENGINES = ("peft", "stream")
 
 BUILD_KEYS = {"artifacts", "templates", "threads", "webhook", "cache", "run_cache"}
-MODEL_KEYS = {"base", "adapter", "outtype", "quants", "merge", "system", "deploy", "gates"}
+MODEL_KEYS = {"base", "adapter", "outtype", "quants", "merge", "system", "deploy", "gates", "imatrix"}
 TOP_KEYS = {"build", "defaults", "models", "hardware"}
 
 
@@ -136,8 +137,6 @@ def _model(config: Config, name: str, raw: dict[str, Any], where: str, check_pat
             raise UserError(
                 f"{where}: {key}.quants[{i}]: unknown quantization {q!r} (valid: {', '.join(buildable_quants())})"
             )
-        if q in NEEDS_IMATRIX:
-            raise UserError(f"{where}: {key}.quants[{i}]: {q!r} needs an importance matrix, which is not supported")
         if q in quants:
             raise UserError(f"{where}: {key}.quants[{i}]: {q!r} is listed twice")
         quants.append(q)
@@ -146,16 +145,20 @@ def _model(config: Config, name: str, raw: dict[str, Any], where: str, check_pat
     if system is not None:
         system = typed(system, str, where, f"{key}.system")
     deploy = parse_deploy(raw.get("deploy", {}), quants, config.root, where, f"{key}.deploy")
+    adapter = _source(config, raw["adapter"], where, f"{key}.adapter", check_paths, name, "adapter")
+    imatrix = parse_imatrix(raw.get("imatrix"), quants, adapter.fixture, config.root, where, f"{key}.imatrix",
+                            check_paths)
     return ModelSpec(
         name=name,
         base=_source(config, raw["base"], where, f"{key}.base", check_paths, name, "base"),
-        adapter=_source(config, raw["adapter"], where, f"{key}.adapter", check_paths, name, "adapter"),
+        adapter=adapter,
         outtype=outtype,
         quants=tuple(quants),
         merge=merge,
         system=system,
         deploy=deploy,
         gates=parse_gates(raw.get("gates", {}), outtype, tuple(quants), where, f"{key}.gates"),
+        imatrix=imatrix,
     )
 
 

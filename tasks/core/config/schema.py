@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tasks.core.config.imatrix import ImatrixSpec
 from tasks.core.layout import ArtifactLayout
 
 TARGETS = ("ollama", "lmstudio", "llamacpp", "vllm")
@@ -109,6 +110,15 @@ class ModelSpec:
     system: str | None
     deploy: DeploySpec
     gates: dict[str, Any] = field(default_factory=dict)  # resolved by tasks.core.config.gates.parse_gates
+    imatrix: ImatrixSpec | None = None  # the importance matrix and the quants built with it
+
+    @property
+    def gguf_types(self) -> tuple[str, ...]:
+        """Every GGUF the model builds: the unquantized one, each quant, each quant's no-matrix twin."""
+        return (self.outtype, *self.quants, *(self.imatrix.plain if self.imatrix else ()))
+
+    def uses_imatrix(self, gtype: str) -> bool:
+        return self.imatrix is not None and gtype in self.imatrix.quants
 
     @property
     def builds_gguf(self) -> bool:
