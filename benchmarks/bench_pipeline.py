@@ -1,6 +1,7 @@
 """The whole default build of a real-size model, stage by stage, under a memory cap, against the disk's limits.
 
     python benchmarks/bench_pipeline.py [--shape 3b|7b] [--cap 7] [--memcap PATH] [--quick] [--keep]
+                                        [--only TASK ...]
 
 Builds (cached, bench_merge's generator) a random bf16 base shaped like Qwen2.5-3B (tied, 6.2 GB;
 the default) or Qwen2.5-7B (untied, 15.2 GB; opt-in: about 60 GB of disk, deleted afterwards)
@@ -16,6 +17,9 @@ says how), and its physical limit:
 Then the check's figures are recomputed the previous way, probe after probe, and must equal
 check.json (pipeline_reference.py). Prints a table and writes artifacts/bench/pipeline[-7b].json.
 Without memcap (it needs root and cgroup v1) the stages run uncapped and the table says so.
+`--only check:big` (after a run with --keep) rebuilds just the named stages in the kept workspace,
+measures them and the disk again, and takes every other figure from the previous JSON (the table
+marks those rows): what a change to one stage needs, without rebuilding the model.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -115,6 +119,40 @@ def quantize_loop(src: Path, qtype: str, scratch: Path, memcap: str | None, cap:
     return out
 
 
+def _previous(path: Path, ws: Path, stages: list[str], only: list[str]
+              ) -> tuple[dict[str, pipeline_run.Measured], dict[str, pipeline_run.Measured]]:
+    """The previous run's measurements (stages and quantize loops), for the rows `--only` does not rerun."""
+    if not (ws / "models.toml").is_file() or not path.is_file():
+        raise SystemExit(f"bench_pipeline: --only needs the workspace and JSON of a previous --keep run "
+                         f"({ws}, {path})")
+    unknown = [t for t in only if t not in stages]
+    if unknown:
+        raise SystemExit(f"bench_pipeline: --only: no stage named {', '.join(unknown)} (stages: {', '.join(stages)})")
+    data = json.loads(path.read_text())
+    names = {f.name for f in fields(pipeline_run.Measured)}
+
+    def measured(d: dict) -> pipeline_run.Measured:
+        return pipeline_run.Measured(**{k: v for k, v in d.items() if k in names})
+    return ({d["name"]: measured(d) for d in data["stages"]},
+            {q: measured(d) for q, d in data["quantize_loops"].items()})
+
+
+def _reused(previous: dict, loops: dict, only: list[str] | None) -> set[str]:
+    """Names of the table's rows that `--only` took from the previous run."""
+    if not only:
+        return set()
+    rerun_loops = any(t.startswith("quantize:") for t in only)
+    return (set(previous) - set(only)) | (set() if rerun_loops else {m.name for m in loops.values()})
+
+
+def _unbuild(ws: Path, task: str) -> None:
+    """Remove a stage's manifest so that the runner builds it again (a kept workspace has it built)."""
+    kind, _, target = task.partition(":")
+    suffix = target.removeprefix("big").removeprefix("-")
+    (ws / "artifacts" / "big" / "manifests" / (f"{kind}-{suffix}.json" if suffix else f"{kind}.json")).unlink(
+        missing_ok=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=("3b", "7b"), default="3b")
@@ -124,6 +162,8 @@ def main() -> int:
                         help="the memcap tool (default: $MEMCAP or memcap on PATH)")
     parser.add_argument("--keep", action="store_true", help="keep the generated models and workspace")
     parser.add_argument("--no-reference", action="store_true", help="skip recomputing the check the previous way")
+    parser.add_argument("--only", nargs="+", metavar="TASK",
+                        help="rerun only these stages in the workspace kept by a previous --keep run")
     args = parser.parse_args()
     shape = SHAPES["quick" if args.quick else args.shape]
     name = "pipeline" + ("-quick" if args.quick else "" if args.shape == "3b" else f"-{args.shape}")
@@ -137,16 +177,26 @@ def main() -> int:
         return 2
     cached = (BENCH / "bases" / shape.key / ".complete").exists()
     started = time.perf_counter()
-    base, adapter = generate(shape)
     ws = BENCH / "work" / name
-    config = workspace(shape, base, adapter, ws)
-    env = {**os.environ, "MODELMAKE_CONFIG": str(config)}
-    disk = pipeline_disk.measure(sorted((ws / "base").glob("*.safetensors")), ws / "scratch.bin")
     stages = ["adapter:big", "merge:big", "convert:big", *(f"quantize:big-{q}" for q in QUANTS), "render:big",
               "check:big"]
+    previous: dict[str, pipeline_run.Measured] = {}
+    if args.only:
+        previous, loops = _previous(BENCH / f"{name}.json", ws, stages, args.only)
+        base, adapter, config, cached = ws / "base", ws / "adapter", ws / "models.toml", True
+        args.keep = True
+    else:
+        base, adapter = generate(shape)
+        config = workspace(shape, base, adapter, ws)
+    env = {**os.environ, "MODELMAKE_CONFIG": str(config)}
+    disk = pipeline_disk.measure(sorted((ws / "base").glob("*.safetensors")), ws / "scratch.bin")
     results: list[pipeline_run.Measured] = []
     try:
         for task in stages:
+            if args.only and task not in args.only:
+                results.append(previous[task])
+                continue
+            _unbuild(ws, task)
             cmd = [sys.executable, "-m", "tasks.build.runner", "--config", str(config), task]
             results.append(pipeline_run.run(task, cmd, cwd=ROOT, env=env, memcap=memcap, cap_gib=args.cap))
             r = results[-1]
@@ -155,15 +205,18 @@ def main() -> int:
             if not r.passed:
                 print(r.stderr_tail, file=sys.stderr)
                 break
-        if all(r.passed for r in results):
+        if args.only and "plan+lock (doit)" in previous:
+            results.append(previous["plan+lock (doit)"])
+        elif all(r.passed for r in results):
             cmd = [sys.executable, "-m", "doit", "-f", str(ROOT / "dodo.py")]
             results.append(pipeline_run.run("plan+lock (doit)", cmd, cwd=ROOT, env=env, memcap=memcap,
                                             cap_gib=args.cap))
         art = ws / "artifacts" / "big"
-        loops = {q: quantize_loop(art / "big-f16.gguf", q, ws / f"loop-{q}.gguf", memcap, args.cap)
-                 for q in QUANTS if (art / "big-f16.gguf").is_file()}
+        if not args.only or any(t.startswith("quantize:") for t in args.only):
+            loops = {q: quantize_loop(art / "big-f16.gguf", q, ws / f"loop-{q}.gguf", memcap, args.cap)
+                     for q in QUANTS if (art / "big-f16.gguf").is_file()}
         reference = None
-        if not args.no_reference and (art / "check.json").is_file():
+        if not args.no_reference and (art / "check.json").is_file() and (not args.only or "check:big" in args.only):
             proc = subprocess.run([sys.executable, str(HERE / "pipeline_reference.py"), str(config), "big"],
                                   cwd=ROOT, env=env, capture_output=True, text=True)
             lines = proc.stdout.strip().splitlines()
@@ -173,7 +226,8 @@ def main() -> int:
                  "merged": tree_bytes(art / "merged"),
                  **{g: tree_bytes(art / f"big-{g}.gguf") for g in ["f16", *QUANTS] if (art / f"big-{g}.gguf").exists()}}
         check_json = json.loads((art / "check.json").read_text()) if (art / "check.json").is_file() else None
-        data = report(shape, args, memcap, disk, results, loops, reference, sizes, check_json, name)
+        data = report(shape, args, memcap, disk, results, loops, reference, sizes, check_json, name,
+                      reused=_reused(previous, loops, args.only))
     finally:
         if not args.keep:
             shutil.rmtree(ws, ignore_errors=True)

@@ -91,7 +91,7 @@ def _goals(results: dict[str, Measured], limits: dict[str, dict[str, Any]], refe
 
 def report(shape: Shape, args: Any, memcap: str | None, disk: Disk, measured: list[Measured],
            loops: dict[str, Measured], reference: dict | None, sizes: dict[str, int], check_json: dict | None,
-           name: str) -> dict[str, Any]:
+           name: str, reused: set[str] = frozenset()) -> dict[str, Any]:
     """Print the table and the goals; return the JSON document."""
     results = {m.name: m for m in measured}
     limits = _limits({k: v for k, v in results.items() if not k.startswith("plan")}, loops, sizes, disk)
@@ -100,8 +100,8 @@ def report(shape: Shape, args: Any, memcap: str | None, disk: Disk, measured: li
     cap = f"memcap {args.cap:g} GiB, page cache dropped before each stage" if memcap else "UNCAPPED (no memcap)"
     print(f"\n{shape.label}: base {sizes['base'] / GB:.1f} GB bf16, {cap}; disk read {disk.read_bps / GB:.2f} GB/s, "
           f"write {disk.write_bps / GB:.2f} GB/s (measured now)")
-    head = (f"{'stage':<22} {'result':<6} {'wall s':>7} {'limit s':>8} {'ratio':>6} {'peak RSS':>9} {'anon':>6} "
-            f"{'cgroup':>7} {'read GB':>8} {'write GB':>8}")
+    head = (f"{'stage':<26} {'result':<6} {'wall s':>7} {'limit s':>8} {'ratio':>6} {'peak RSS':>9} {'anon':>6} "
+            f"{'cgroup':>7} {'read GB':>8} {'write GB':>8} {'CPU s':>7} {'load':>5}")
     print(head)
     rows = [*measured, *loops.values()]
     for m in rows:
@@ -109,13 +109,17 @@ def report(shape: Shape, args: Any, memcap: str | None, disk: Disk, measured: li
         ratio = f"{m.wall_s / lim:.2f}" if lim else "-"
         cg = f"{m.cgroup_peak / GB:.2f}" if m.cgroup_peak is not None else "-"
         result = "ok" if m.passed else ("OOM" if m.oom else f"rc {m.rc}")
-        print(f"{m.name:<22} {result:<6} {m.wall_s:7.1f} {lim if lim is not None else 0:8.1f} {ratio:>6} "
+        mark = "*" if m.name in reused else ""
+        print(f"{m.name + mark:<26} {result:<6} {m.wall_s:7.1f} {lim if lim is not None else 0:8.1f} {ratio:>6} "
               f"{m.peak_rss / GB:9.2f} {m.anon_peak / GB:6.2f} {cg:>7} {m.read_bytes / GB:8.2f} "
-              f"{m.written_bytes / GB:8.2f}")
+              f"{m.written_bytes / GB:8.2f} {m.cpu_s:7.1f} {m.load_end:5.1f}")
     total = sum(m.wall_s for m in measured)
-    print(f"{'build total':<22} {'':<6} {total:7.1f} {sum(v['limit_s'] or 0 for v in limits.values()):8.1f}")
+    print(f"{'build total':<26} {'':<6} {total:7.1f} {sum(v['limit_s'] or 0 for v in limits.values()):8.1f}")
     print("(GB = 10^9 bytes; peak RSS: largest process of the stage's tree; anon: sampled anonymous memory of the "
-          "whole tree; cgroup: memcap's peak, page cache included)")
+          "whole tree; cgroup: memcap's peak, page cache included; CPU s: user+system of the tree; load: 1-minute "
+          "load average at the stage's end)")
+    if reused:
+        print("* not rerun: measured by the previous run (--only)")
     for goal, (met, value) in goals.items():
         mark = "n/a" if met is None else ("met" if met else "MISSED")
         print(f"  [{mark}] {goal}: {value}")
@@ -128,7 +132,7 @@ def report(shape: Shape, args: Any, memcap: str | None, disk: Disk, measured: li
             "quantize_loops": {q: _json(m, None) for q, m in loops.items()},
             "goals": {g: {"met": met, "value": v} for g, (met, v) in goals.items()},
             "reference": reference, "check_probes": (check_json or {}).get("probes", {}).get("positions"),
-            "cpus": os.cpu_count(), "loadavg_end": load}
+            "cpus": os.cpu_count(), "loadavg_end": load, "reused_from_previous_run": sorted(reused)}
 
 
 def _json(m: Measured, limit: dict | None) -> dict[str, Any]:

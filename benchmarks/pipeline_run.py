@@ -10,6 +10,9 @@ Why each figure comes from where it does:
 - anonymous peak: sampled every SAMPLE_S from the memory cgroup that memcap creates for the
   command (its anonymous total, all processes), or from /proc when there is no cgroup.
 - pass / OOM: the exit status, and memcap's own last line (oom_kills, peak with page cache).
+- CPU seconds: wait4()'s user + system time of the tree, and the 1-minute load average when the
+  stage ended: on a shared machine the wall time of a compute-bound stage stretches with the load
+  while its CPU seconds do not, so the two together say whether a slow row was the stage or the machine.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class Measured:
     read_bytes: int
     written_bytes: int
     stderr_tail: str
+    cpu_s: float = 0.0  # user + system seconds of the whole tree
+    load_end: float = 0.0  # 1-minute load average when it ended (the machine may be shared)
 
     @property
     def passed(self) -> bool:
@@ -130,4 +135,5 @@ def run(name: str, cmd: list[str], *, cwd: Path, env: dict[str, str], memcap: st
             break
     tail = "\n".join(ln for ln in stderr.splitlines() if not ln.startswith("memcap:"))[-600:]
     return Measured(name, rc, oom, wall, usage.ru_maxrss * 1024, peak[0], cgroup_peak,
-                    usage.ru_inblock * 512, usage.ru_oublock * 512, tail)
+                    usage.ru_inblock * 512, usage.ru_oublock * 512, tail, usage.ru_utime + usage.ru_stime,
+                    os.getloadavg()[0])
