@@ -143,6 +143,11 @@ def plot(model: str, table: list[dict[str, Any]], out: Path) -> None:
                  if r["type"].endswith(PLAIN_SUFFIX) else {"color": "tab:blue"})
         ax_kl.scatter(x, r["kl_mean"], **style)
         ax_kl.annotate(r["type"], (x, r["kl_mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if any(r.get("imatrix") for r in quants):
+        ax_kl.scatter([], [], color="tab:red", label="with importance matrix")
+        ax_kl.scatter([], [], facecolors="none", edgecolors="tab:red", label="same type without")
+        ax_kl.scatter([], [], color="tab:blue", label="no matrix configured")
+        ax_kl.legend(fontsize=7, loc="upper right")
     ref = table[0]
     ax_kl.axvline(ref["size_bytes"] / MIB, color="grey", linestyle="--", linewidth=1)
     ax_kl.annotate(f"{ref['type']} (reference)", (ref["size_bytes"] / MIB, 0.5), xycoords=("data", "axes fraction"),
