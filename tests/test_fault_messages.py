@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -19,8 +20,9 @@ from tasks.core.stage import stale_reason
 
 
 def doit_popen(ws: Workspace, *args: str) -> subprocess.Popen:
+    """doit in a session of its own, as a terminal's foreground job is: its group is doit's pid."""
     return subprocess.Popen([PY, "-m", "doit", "-f", str(REPO / "dodo.py"), *args], env=ws.env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def worker_of(doit: subprocess.Popen, task: str, timeout: float = 120) -> int:
@@ -48,28 +50,27 @@ def test_a_worker_killed_by_a_signal_is_reported_with_the_signal(scratch_ws: Wor
     doit = doit_popen(scratch_ws, "convert:alpha")
     worker = worker_of(doit, "convert:alpha")
     wait_for_temp(st.outputs[0].parent, ".alpha-f16.gguf.tmp-*", doit)
-    os_kill(worker, signal.SIGKILL)
+    os.kill(worker, signal.SIGKILL)
     out, err = doit.communicate(timeout=60)
     assert doit.returncode != 0
     assert "modelmake: FAILED convert:alpha: killed by SIGKILL (log: " in out + err
     assert "Traceback" not in out + err
 
 
-def os_kill(pid: int, sig: int) -> None:
-    import os
-
-    os.kill(pid, sig)
-
-
-def test_ctrl_c_to_doit_alone_ends_promptly_with_one_line_and_the_summary(scratch_ws: Workspace) -> None:
-    """Before: a KeyboardInterrupt traceback, then doit waited for the stage to finish (61 s in check)."""
+@pytest.mark.parametrize("to", ["doit", "group"])
+def test_ctrl_c_to_doit_alone_ends_promptly_with_one_line_and_the_summary(scratch_ws: Workspace, to: str) -> None:
+    """Before: a KeyboardInterrupt traceback, then doit waited for the stage to finish (61 s in check).
+    `doit`: `kill -INT <doit>`; `group`: Ctrl-C in a terminal (SIGINT to the foreground process group)."""
     st = stage(scratch_ws, "check:alpha")
     st.manifest.unlink()
     doit = doit_popen(scratch_ws, "check:alpha")
     worker = worker_of(doit, "check:alpha")
     time.sleep(3)  # inside the check's model loading / evaluation
     sent = time.monotonic()
-    doit.send_signal(signal.SIGINT)  # doit only, not its group
+    if to == "doit":
+        doit.send_signal(signal.SIGINT)
+    else:
+        os.killpg(doit.pid, signal.SIGINT)
     out, err = doit.communicate(timeout=60)
     took = time.monotonic() - sent
     assert took < 15, f"doit took {took:.1f}s to stop"
