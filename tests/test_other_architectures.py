@@ -1,5 +1,8 @@
 """The pipeline and its checks on two more architectures with real SentencePiece tokenizers:
-a Llama (TinyLlama's vocabulary, Zephyr template) and a Phi-3 (tokenizer.model rebuilt)."""
+a Llama (TinyLlama's vocabulary, Zephyr template) and a Phi-3 (tokenizer.model rebuilt).
+
+The Phi-3 fine-tune has a neutral name (`nayru`): llama.cpp's vocab handles Phi-3's special tokens by
+general.name, which must come from the base model, never from the user's name for the fine-tune."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ quants = ["q8_0", "q4_k_m"]
 [models.tinyllama.deploy]
 targets = ["llamacpp"]
 
-[models.phi3]
+[models.nayru]
 base = "fixture:phi3-base"
 adapter = "fixture:phi3-adapter"
 quants = ["q8_0", "q4_k_m"]
@@ -39,7 +42,7 @@ def archs_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     return ws
 
 
-@pytest.mark.parametrize(("model", "arch", "eos"), [("tinyllama", "llama", 2), ("phi3", "phi3", 32007)])
+@pytest.mark.parametrize(("model", "arch", "eos"), [("tinyllama", "llama", 2), ("nayru", "phi3", 32007)])
 def test_checks_pass_with_full_tokenizer_parity(archs_ws: Workspace, model: str, arch: str, eos: int) -> None:
     result = json.loads((archs_ws.artifacts / model / "check.json").read_text())
     assert result["passed"], result["failures"]
@@ -57,7 +60,9 @@ def test_phi3_converted_from_the_rebuilt_tokenizer_model(archs_ws: Workspace) ->
     assert (fixture / "tokenizer.model").is_file()
     import gguf
 
-    reader = gguf.GGUFReader(str(archs_ws.artifacts / "phi3" / "phi3-f16.gguf"))
+    reader = gguf.GGUFReader(str(archs_ws.artifacts / "nayru" / "nayru-f16.gguf"))
+    name = reader.fields["general.name"]
+    assert bytes(name.parts[name.data[0]]).decode() == "phi3-base"  # the base's name, not "nayru"
     assert len(reader.fields["tokenizer.ggml.tokens"].data) == 32064
     assert "tokenizer.ggml.scores" in reader.fields  # SentencePiece scores came from tokenizer.model
 
