@@ -34,7 +34,8 @@ test: setup
 crashtest: setup
 	$(PY) -m pytest -m crashtest tests/test_crash_points.py -s
 
-bench: setup
+# The demo is built first: the health benchmark serves its GGUF.
+bench: all
 	$(PY) -m benchmarks
 
 # Quantization report: artifacts/report/<model>.{json,md,png} and compare.{json,md} (runs the checks first).
