@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 from tasks.cache.backends import Backend, CacheUnavailable, blob_rel, entry_rel
+from tasks.core import procs
 from tasks.core.config.remote import SshRemote
 from tasks.core.hashing import CHUNK
 from tasks.sources.ssh import CONNECT_TIMEOUT, explain_ssh_failure, ssh_command
@@ -35,8 +36,8 @@ class SshBackend(Backend):
 
     def _run(self, script: str, data: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
         try:
-            proc = subprocess.run(self._cmd(script), input=data, capture_output=True,
-                                  timeout=max(CONNECT_TIMEOUT * 3, 600))
+            proc = procs.run(self._cmd(script), input=data, capture_output=True,
+                             timeout=max(CONNECT_TIMEOUT * 3, 600))
         except FileNotFoundError:
             raise CacheUnavailable("ssh client not found (install openssh-client)") from None
         except subprocess.TimeoutExpired:
@@ -65,8 +66,8 @@ class SshBackend(Backend):
                   f"[ $# -gt 0 ] || exit 0; exec tar cf - \"$@\"")
         got: dict[str, tuple[str, int]] = {}
         try:
-            proc = subprocess.Popen(self._cmd(script), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    stdin=subprocess.DEVNULL)
+            proc = procs.spawn(self._cmd(script), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL)
         except FileNotFoundError:
             raise CacheUnavailable("ssh client not found (install openssh-client)") from None
         assert proc.stdout is not None and proc.stderr is not None
@@ -119,8 +120,8 @@ class SshBackend(Backend):
         script = (f"set -e; mkdir -p {root}/{tmp}; cd {root}; tar xf - -C {q(tmp)}; {moves}"
                   f"mkdir -p {q(erel.rsplit('/', 1)[0])}; mv -f {q(tmp + '/entry.json')} {q(erel)}; rm -rf {q(tmp)}")
         try:
-            proc = subprocess.Popen(self._cmd(script), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE)
+            proc = procs.spawn(self._cmd(script), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
         except FileNotFoundError:
             raise CacheUnavailable("ssh client not found (install openssh-client)") from None
         assert proc.stdin is not None and proc.stderr is not None

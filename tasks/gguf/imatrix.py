@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tasks.core import atomic, toolchain
+from tasks.core import atomic, procs, toolchain
 from tasks.core.config.calibration import Record, read_calibration
 from tasks.core.config.schema import Config
 from tasks.core.errors import UserError
@@ -223,14 +223,10 @@ def build(stage: Stage, config: Config) -> None:
             fh.write(f"{stage.task}: {note}\n")
     with atomic.atomic_file(final) as tmp, open(stage.log, "ab") as log_fh:
         job["out"] = str(tmp)
-        proc = subprocess.Popen([sys.executable, "-m", "tasks.gguf.imatrix", json.dumps(job)], stdout=log_fh,
-                                stderr=subprocess.PIPE, cwd=REPO)
-        try:
-            _, err = proc.communicate()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+        # A stage child like the converter's: it dies with the worker (tasks/core/procs.py).
+        proc = procs.run([sys.executable, "-m", "tasks.gguf.imatrix", json.dumps(job)], stdout=log_fh,
+                         stderr=subprocess.PIPE, cwd=REPO)
+        err = proc.stderr
         log_fh.write(err)
         if proc.returncode != 0:
             lines = [ln for ln in err.decode("utf-8", "replace").splitlines() if ln.startswith("modelmake: error: ")]
