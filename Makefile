@@ -18,10 +18,19 @@ all: setup
 
 setup: $(STAMP) $(TOOLCHAIN)
 
-$(STAMP): requirements.lock
+# llama-cpp-python compiles llama.cpp with -march=native; on CPUs with AMX that enables ggml's AMX kernels,
+# which crash this release on Q8_0 models. Explicit -mno-* flags win over -march in GCC and Clang.
+LLAMA_PIN := $(shell grep -i '^llama-cpp-python' requirements.lock)
+LLAMA_CMAKE_ARGS := $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8)
+
+$(STAMP): requirements.lock Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "setup: installing pinned dependencies (llama-cpp-python compiles llama.cpp on first install: ~5-7 min)"
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.lock
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --disable-pip-version-check -q -r requirements.lock
+	@# A build from pip's wheel cache or an older venv may still have the AMX kernels: compile it again.
+	$(PY) -m tasks.core.toolchain --check-build || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install \
+		--disable-pip-version-check -q --no-cache-dir --force-reinstall --no-deps "$(LLAMA_PIN)"
+	$(PY) -m tasks.core.toolchain --check-build
 	@touch $@
 
 $(TOOLCHAIN): $(STAMP) tasks/core/toolchain.py

@@ -107,6 +107,25 @@ def check_runtime() -> None:
         raise UserError(f"{PACKAGE} is not installed in this environment: run `make setup`") from None
     if installed != VERSION:
         raise UserError(f"{PACKAGE} {installed} is installed but {VERSION} is pinned: run `make setup`")
+    problem = build_problem()
+    if problem:
+        raise UserError(f"{PACKAGE} {problem}: run `make setup` (it rebuilds it without them)")
+
+
+def build_problem() -> str | None:
+    """Why the installed llama_cpp's native build must not run, or None.
+
+    llama-cpp-python compiles llama.cpp with -march=native. On Xeons with AMX (Sapphire Rapids and newer)
+    that turns on ggml's AMX kernels, which in this release crash decoding a Q8_0 model (SIGSEGV in
+    llama_decode) and copy the weights out of the mmap into anonymous memory. `make setup` compiles with
+    -mno-amx-int8 and reinstalls a build that has them.
+    """
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    if "AMX_INT8 = 1" in info:
+        return "was compiled with ggml's AMX kernels, which crash decoding Q8_0 models in this release"
+    return None
 
 
 def setup() -> Path:
@@ -168,7 +187,12 @@ def _extract(sdist: Path, out: Path) -> None:
             tar.extract(member, out, filter="data")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    if (argv if argv is not None else sys.argv[1:]) == ["--check-build"]:
+        problem = build_problem()
+        if problem:
+            print(f"setup: the installed {PACKAGE} {problem}", file=sys.stderr)
+        return 1 if problem else 0
     try:
         setup()
     except UserError as exc:
