@@ -112,6 +112,22 @@ def check_runtime() -> None:
         raise UserError(f"{PACKAGE} {problem}: run `make setup` (it rebuilds it without them)")
 
 
+def _system_info() -> str:
+    """llama_print_system_info() of the installed native library, read with ctypes (core imports no llama_cpp)."""
+    import ctypes
+    import importlib.util
+
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"{PACKAGE} is not installed in this environment: run `make setup`")
+    libs = sorted(Path(spec.submodule_search_locations[0], "lib").glob("libllama.*"))
+    if not libs:
+        raise UserError(f"{PACKAGE}: no libllama in {spec.submodule_search_locations[0]}/lib: run `make setup`")
+    lib = ctypes.CDLL(str(libs[0]))
+    lib.llama_print_system_info.restype = ctypes.c_char_p
+    return lib.llama_print_system_info().decode("utf-8", "replace")
+
+
 def build_problem() -> str | None:
     """Why the installed llama_cpp's native build must not run, or None.
 
@@ -120,10 +136,7 @@ def build_problem() -> str | None:
     llama_decode) and copy the weights out of the mmap into anonymous memory. `make setup` compiles with
     -mno-amx-int8 and reinstalls a build that has them.
     """
-    import llama_cpp
-
-    info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
-    if "AMX_INT8 = 1" in info:
+    if "AMX_INT8 = 1" in _system_info():
         return "was compiled with ggml's AMX kernels, which crash decoding Q8_0 models in this release"
     return None
 
