@@ -200,13 +200,13 @@ def _extract(sdist: Path, out: Path) -> None:
             tar.extract(member, out, filter="data")
 
 
-def main(argv: list[str] | None = None) -> int:
-    if (argv if argv is not None else sys.argv[1:]) == ["--check-build"]:
-        problem = build_problem()
-        if problem:
-            print(f"setup: the installed {PACKAGE} {problem}", file=sys.stderr)
-        return 1 if problem else 0
+def main() -> int:
     try:
+        if sys.argv[1:] == ["--check-build"]:  # make setup: exit 1 when the installed build must be rebuilt
+            problem = build_problem()
+            if problem:
+                print(f"setup: the installed {PACKAGE} {problem}", file=sys.stderr)
+            return 1 if problem else 0
         setup()
     except UserError as exc:
         print(f"modelmake: error: {exc}", file=sys.stderr)
