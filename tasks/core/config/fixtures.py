@@ -28,7 +28,7 @@ class Fixture:
 FIXTURES: dict[str, Fixture] = {
     "demo-base": Fixture(
         kind="tiny-base",
-        version=2,
+        version=3,  # 3: trained on pinned CPU kernels (tasks/fixtures/numerics.py)
         doc="tiny Qwen2 pretrained on a small corpus, real Qwen2 tokenizer, Qwen2.5-Instruct chat template",
         data="demo_corpus.jsonl",
         params={
@@ -59,7 +59,7 @@ FIXTURES: dict[str, Fixture] = {
     ),
     "demo-adapter": Fixture(
         kind="lora-train",
-        version=2,  # 2: one output projection per step (float order differs from 1)
+        version=3,  # 2: one output projection per step (float order differs from 1); 3: pinned CPU kernels
         doc="LoRA adapter trained on the demo chat corpus (deterministic, CPU)",
         base="demo-base",
         data="demo_chat.jsonl",
@@ -95,7 +95,7 @@ _TINY = {
 FIXTURES.update({
     "llama-spm-base": Fixture(
         kind="tiny-base",
-        version=1,
+        version=2,  # 2: pinned CPU kernels (the random init too)
         doc="tiny random Llama with the Llama/TinyLlama SentencePiece tokenizer and a Zephyr (TinyLlama) template",
         params={
             **_TINY,
@@ -113,14 +113,14 @@ FIXTURES.update({
         },
     ),
     "llama-spm-adapter": Fixture(
-        kind="lora-train", version=2, base="llama-spm-base", data="demo_chat.jsonl",
+        kind="lora-train", version=3, base="llama-spm-base", data="demo_chat.jsonl",
         doc="LoRA adapter for llama-spm-base trained on the demo chat corpus",
         params={**_ADAPTER, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                "down_proj"]},
     ),
     "phi3-base": Fixture(
         kind="tiny-base",
-        version=1,
+        version=2,  # 2: pinned CPU kernels (the random init too)
         doc="tiny random Phi-3 with the Phi-3 SentencePiece tokenizer (tokenizer.model rebuilt) and Phi-3.5 template",
         params={
             **_TINY,
@@ -140,7 +140,7 @@ FIXTURES.update({
         },
     ),
     "phi3-adapter": Fixture(
-        kind="lora-train", version=2, base="phi3-base", data="demo_chat.jsonl",
+        kind="lora-train", version=3, base="phi3-base", data="demo_chat.jsonl",
         doc="LoRA adapter for phi3-base trained on the demo chat corpus",
         params={**_ADAPTER, "target_modules": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]},
     ),
