@@ -90,7 +90,9 @@ def test_check_compares_each_matrix_quant_with_the_same_type_without(built: Work
     for q in ("q2_k", "q3_k_m", "q4_k_m", "iq4_xs"):
         c = comparison[q]
         assert c["kl_mean_ratio"] == pytest.approx(c["with"]["kl_mean"] / c["without"]["kl_mean"], rel=1e-3)
-    # Q2_K is where the matrix matters most (llama.cpp's own figures: -25% KL on Llama-3-8B).
+    # Q2_K is where the matrix matters most (llama.cpp's own figures: -25% KL on Llama-3-8B). On this 2-layer toy
+    # the sign is a property of the trained weights (README: -14% on the pinned fixtures, +4% with the version-2
+    # recipe retrained unpinned): this holds for the x86-64 fixtures' bytes, not for any weights of the recipe.
     assert comparison["q2_k"]["with"]["kl_mean"] < comparison["q2_k"]["without"]["kl_mean"]
 
 
